@@ -1,0 +1,2 @@
+"""absl entry points that compose the component packages into stages (data, tokenizer, latents,
+dynamics, eval), with checkpoints, logging and evaluation reports."""
