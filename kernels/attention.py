@@ -11,17 +11,15 @@ Contract shared by every backend (and tested against the same float64 reference)
 - softmax in float32, output in q.dtype.
 """
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 from absl import logging
 from jaxtyping import Array, Bool, Float, Int
 
+from kernels.flash import pallas_attention, supports_head_dim
 from kernels.rope import apply_rope, rope_cos_sin
 
-Backend = Literal["auto", "xla"]
-BACKENDS: tuple[str, ...] = ("xla",)
+BACKENDS: tuple[str, ...] = ("xla", "cudnn", "pallas")
 _MASKED = -1e30
 
 
@@ -47,13 +45,16 @@ def visibility(
     return visible
 
 
-def xla_attention(q, k, v, *, q_positions, k_positions, visible, rope_base, softcap, scale):
+def xla_attention(q, k, v, *, q_positions, k_positions, causal, mask, kv_length, rope_base,
+                  softcap, scale, rotate_keys=True):
     """Pure-jnp reference backend (arguments already normalised by `rope_attention`)."""
     batch, q_len, heads, dim = q.shape
     kv_heads = k.shape[2]
+    visible = visibility(q_positions, k_positions, causal=causal, mask=mask, kv_length=kv_length)
     if rope_base is not None:
         q = apply_rope(q, *rope_cos_sin(q_positions, dim, rope_base))
-        k = apply_rope(k, *rope_cos_sin(k_positions, dim, rope_base))
+        if rotate_keys:
+            k = apply_rope(k, *rope_cos_sin(k_positions, dim, rope_base))
     q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, dim)
     logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
     logits = logits * scale
@@ -68,18 +69,41 @@ def xla_attention(q, k, v, *, q_positions, k_positions, visible, rope_base, soft
     return out.reshape(batch, q_len, heads, dim).astype(q.dtype)
 
 
-_IMPLEMENTATIONS = {"xla": xla_attention}
+def cudnn_attention(q, k, v, *, q_positions, k_positions, causal, mask, kv_length, rope_base,
+                    softcap, scale, rotate_keys=True):
+    """cuDNN fused attention (jax.nn.dot_product_attention) with RoPE applied by XLA."""
+    if softcap is not None:
+        raise ValueError("The cudnn backend has no logit soft-capping; use 'pallas' or 'xla'.")
+    dim = q.shape[-1]
+    if rope_base is not None:
+        q = apply_rope(q, *rope_cos_sin(q_positions, dim, rope_base))
+        if rotate_keys:
+            k = apply_rope(k, *rope_cos_sin(k_positions, dim, rope_base))
+    visible = visibility(q_positions, k_positions, causal=causal, mask=mask, kv_length=kv_length)
+    out = jax.nn.dot_product_attention(q, k, v, mask=visible[:, None], scale=scale,
+                                       implementation="cudnn")
+    return jnp.where(jnp.any(visible, axis=-1)[:, :, None, None], out, 0.0).astype(q.dtype)
 
 
-def select_backend(backend: str) -> str:
-    """Resolves "auto" to the best backend available on this device; validates explicit names."""
-    if backend == "auto":
-        return "xla"
-    if backend not in _IMPLEMENTATIONS:
+_IMPLEMENTATIONS = {"xla": xla_attention, "cudnn": cudnn_attention, "pallas": pallas_attention}
+
+
+def select_backend(backend: str, *, head_dim: int) -> str:
+    """Resolves "auto" to the fastest backend that can serve this call; validates names."""
+    if backend not in ("auto", *BACKENDS):
         raise ValueError(
             f"Unknown attention backend {backend!r}; choose one of {('auto', *BACKENDS)}."
         )
-    return backend
+    if backend != "auto":
+        return backend
+    if jax.default_backend() != "gpu":
+        reason = "no GPU (Pallas would run in the slow interpret mode)"
+    elif not supports_head_dim(head_dim):
+        reason = f"head_dim {head_dim} is not a power of two >= 32 (Pallas kernel limit)"
+    else:
+        return "pallas"
+    logging.log_first_n(logging.INFO, "rope_attention: 'auto' uses 'xla' because %s.", 1, reason)
+    return "xla"
 
 
 def _per_batch(x, batch: int, name: str):
@@ -103,24 +127,25 @@ def rope_attention(
     rope_base: float | None = 10_000.0,
     softcap: float | None = None,
     scale: float | None = None,
+    rotate_keys: bool = True,
     backend: str = "auto",
 ) -> Float[Array, "batch q_len heads dim"]:
-    """Multi-head attention with fused RoPE, GQA, masks and soft-capping (see module docstring)."""
+    """Multi-head attention with fused RoPE, GQA, masks and soft-capping (see module docstring).
+
+    `rotate_keys=False` means k already carries its rotation (a KV cache stores rotated keys).
+    """
     batch, _, heads, dim = q.shape
     kv_heads = k.shape[2]
     if heads % kv_heads:
         raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads}).")
     if softcap is not None and softcap <= 0:
         raise ValueError(f"softcap must be positive or None, got {softcap}.")
-    name = select_backend(backend)
-    q_positions = _per_batch(q_positions, batch, "q_positions")
-    k_positions = _per_batch(k_positions, batch, "k_positions")
+    name = select_backend(backend, head_dim=dim)
     if mask is not None and mask.ndim == 2:
         mask = jnp.broadcast_to(mask[None], (batch, *mask.shape))
-    visible = visibility(q_positions, k_positions, causal=causal, mask=mask, kv_length=kv_length)
-    if name != backend:
-        logging.log_first_n(logging.INFO, "rope_attention: backend 'auto' -> %r", 1, name)
     return _IMPLEMENTATIONS[name](
-        q, k, v, q_positions=q_positions, k_positions=k_positions, visible=visible,
-        rope_base=rope_base, softcap=softcap, scale=dim**-0.5 if scale is None else scale,
+        q, k, v, q_positions=_per_batch(q_positions, batch, "q_positions"),
+        k_positions=_per_batch(k_positions, batch, "k_positions"), causal=causal, mask=mask,
+        kv_length=kv_length, rope_base=rope_base, softcap=softcap,
+        scale=dim**-0.5 if scale is None else scale, rotate_keys=rotate_keys,
     )
