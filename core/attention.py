@@ -1,8 +1,8 @@
 """Multi-head self-attention module: projections, GQA, QK-norm, RoPE, soft-cap, masks.
 
 The attention math itself is `kernels.rope_attention`; this module owns only the parameters.
-`project` and `merge` are exposed separately so cached inference can reuse them around a cached
-attention call without duplicating the projections.
+`cached` is the same layer for autoregressive inference: it routes the projections through
+`kernels.cached_attention` and a fixed-size KV cache.
 """
 
 import equinox as eqx
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from core.layers import Linear, RMSNorm
-from kernels import rope_attention
+from kernels import KVCache, cached_attention, rope_attention
 
 
 class Attention(eqx.Module):
@@ -98,3 +98,16 @@ class Attention(eqx.Module):
             rope_base=self.rope_base, softcap=self.softcap, backend=self.backend,
         )
         return self.merge(out)
+
+    def cached(
+        self,
+        x: Float[Array, "batch n width"],
+        cache: KVCache,
+        *,
+        mask: Bool[Array, "n n"] | None = None,
+    ) -> tuple[Float[Array, "batch n width"], KVCache]:
+        """Attention of n new tokens over the cache and themselves; the cache index stays."""
+        q, k, v = self.project(x)
+        out, cache = cached_attention(cache, q, k, v, mask=mask, rope_base=self.rope_base,
+                                      softcap=self.softcap, backend=self.backend)
+        return self.merge(out), cache

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from core import AxialTransformer, modality_mask
+from core.transformer import commit
 
 
 def _model(**kw):
@@ -46,10 +47,21 @@ def test_time_mask_separates_frames():
     assert np.all(np.delete(g, 3, axis=1) == 0.0) and np.any(g[:, 3] != 0.0)
 
 
-def test_frame_offset_is_relative():
-    """Time RoPE depends only on relative frame positions, so a global offset changes nothing."""
-    model, x = _model(), _x()
-    np.testing.assert_allclose(model(x), model(x, frame_offset=37), rtol=2e-4, atol=2e-4)
+def test_cached_step_equals_full_forward():
+    """Prefill 2 frames, then one frame at a time (each written twice, as denoising steps do,
+    then committed): every output equals the full causal forward pass."""
+    model, x = _model(), _x(t=5)
+    full = model(x)
+    caches = model.init_caches(batch=2, tokens=3, capacity=8)
+    out, caches = model.step(x[:, :2], caches)
+    np.testing.assert_allclose(out, full[:, :2], rtol=2e-5, atol=2e-5)
+    caches = commit(caches, 2)
+    for t in range(2, 5):
+        _, caches = model.step(jnp.zeros_like(x[:, t:t + 1]), caches)  # scratch write
+        out, caches = model.step(x[:, t:t + 1], caches)
+        np.testing.assert_allclose(out, full[:, t:t + 1], rtol=2e-5, atol=2e-5)
+        caches = commit(caches, 1)
+    assert [int(c.index) for c in caches] == [5, 5]
 
 
 def test_remat_same_values_and_gradients():
