@@ -1,0 +1,323 @@
+"""Clip preprocessing: cuts episodes into fixed-length clips and owns the on-disk clip format.
+
+On-disk format (no pickles: every array is a plain .npy whose header holds shape and dtype)::
+
+    <out>/index.json                   what is in the folder (below)
+    <out>/<split>/shard_000000/
+        frames.npy       uint8 [N, L, H, W, 3]
+        actions.npy      [N, L, *action shape]; float32 (continuous) or int32 (discrete, multipart)
+        has_action.npy   bool [N, L]; False for frames of episodes without actions
+        clips.json       {"episode": [episode name per clip], "start": [first frame per clip]}
+
+`index.json` holds "format" ("dreamer4-clips"), "version", "plan" (settings, frame size, action
+layout, and per split the episodes with their lengths and the shards with their planned clip
+counts), "shards" (per split: [name, clips written]), "skipped" (errors of bad input left out
+with skip_bad) and "complete" (true once every shard exists).
+
+Clip starts in an episode of T frames, for clip length L and stride S: 0, S, 2S, ... while
+start + L <= T, plus a last clip starting at T - L when that start is not already there. So with
+S <= L every frame is in at least one clip (the last clip may overlap its neighbour more), and with
+S > L the frames between clips are dropped. Episodes shorter than L give no clip; the index counts
+them. Shards pack consecutive clips of consecutive episodes, at most `clips_per_shard` each.
+
+Preparation runs shards in parallel processes; each shard is written to a temporary folder and
+renamed into place, so a crash never leaves a partial shard, and re-running with the same plan
+skips finished shards (a different plan raises instead of mixing two datasets).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_spec
+from data.images import resize_frames
+from data.jobs import Progress, run_jobs
+
+FORMAT = "dreamer4-clips"
+VERSION = 1
+INDEX_FILE = "index.json"
+READ_CHUNK = 256  # frames read and resized at a time, to bound memory on long episodes
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSettings:
+    """How clips are cut: `length` frames every `stride` frames, resized to `image_size` (H, W;
+    None keeps the source size), at most `clips_per_shard` per shard."""
+
+    length: int = 16
+    stride: int = 16
+    image_size: tuple[int, int] | None = None
+    clips_per_shard: int = 64
+
+    def __post_init__(self):
+        if self.length < 1 or self.stride < 1 or self.clips_per_shard < 1:
+            raise ValueError(f"length, stride and clips_per_shard must be >= 1: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard to write: (episode, clip starts) pieces, in order."""
+
+    split: str
+    name: str
+    pieces: tuple[tuple[EpisodeRef, tuple[int, ...]], ...]
+
+    @property
+    def clips(self) -> int:
+        return sum(len(starts) for _, starts in self.pieces)
+
+
+def clip_starts(episode_length: int, length: int, stride: int) -> list[int]:
+    """First frames of the clips cut from one episode (see the module docstring)."""
+    if episode_length < length:
+        return []
+    starts = list(range(0, episode_length - length + 1, stride))
+    if starts[-1] != episode_length - length and stride <= length:
+        starts.append(episode_length - length)
+    return starts
+
+
+def hold_out_episodes(
+    episodes: Sequence[EpisodeRef], eval_fraction: float, seed: int = 0
+) -> dict[str, list[EpisodeRef]]:
+    """Splits episodes (never clips) into "train" and "eval"; eval gets round(fraction * N),
+    at least one when the fraction is positive, and train keeps at least one."""
+    count = len(episodes)
+    n_eval = round(count * eval_fraction)
+    if eval_fraction > 0:
+        n_eval = max(n_eval, 1)
+    n_eval = min(n_eval, count - 1) if count > 1 else 0
+    held = set(np.random.default_rng(seed).permutation(count)[:n_eval].tolist())
+    return {
+        "train": [e for i, e in enumerate(episodes) if i not in held],
+        "eval": [e for i, e in enumerate(episodes) if i in held],
+    }
+
+
+def plan_shards(
+    splits: Mapping[str, Sequence[EpisodeRef]], settings: ClipSettings
+) -> list[ShardTask]:
+    """Every shard of every split, packing clips in episode order."""
+    tasks = []
+    for split, episodes in splits.items():
+        shards: list[list[tuple[EpisodeRef, tuple[int, ...]]]] = [[]]
+        for episode in episodes:
+            starts = clip_starts(episode.length, settings.length, settings.stride)
+            while starts:
+                room = settings.clips_per_shard - sum(len(s) for _, s in shards[-1])
+                shards[-1].append((episode, tuple(starts[:room])))
+                starts = starts[room:]
+                if room == len(shards[-1][-1][1]):
+                    shards.append([])
+        tasks += [
+            ShardTask(split, f"shard_{i:06d}", tuple(pieces))
+            for i, pieces in enumerate(s for s in shards if s)
+        ]
+    return tasks
+
+
+def _target_frame_size(episodes: Sequence[EpisodeRef], settings: ClipSettings) -> tuple[int, int]:
+    if settings.image_size is not None:
+        return tuple(settings.image_size)
+    sizes = {tuple(e.frame_size) for e in episodes}
+    if len(sizes) > 1:
+        raise DataError(
+            f"episodes have frame sizes {sorted(sizes)}; set image_size to resize them to one"
+        )
+    return sizes.pop()
+
+
+def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec):
+    """Frames (resized) and actions of ref[start:stop], read in bounded chunks."""
+    frames = np.empty((stop - start, *frame_size, 3), np.uint8)
+    actions = np.zeros((stop - start, *action_spec.shape), action_spec.dtype)
+    for lo in range(start, stop, READ_CHUNK):
+        hi = min(lo + READ_CHUNK, stop)
+        chunk = ref.read(lo, hi)
+        frames[lo - start : hi - start] = resize_frames(chunk.frames, frame_size)
+        if chunk.actions is not None:
+            actions[lo - start : hi - start] = chunk.actions
+    if ref.action_spec is not None and not np.all(np.isfinite(actions)):
+        bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
+        raise DataError(
+            f"{ref.name}: non-finite actions at frames {bad[:5].tolist()}; fix or drop them"
+        )
+    return frames, actions
+
+
+def write_shard(
+    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_spec, skip_bad: bool
+) -> tuple[int, list[str]]:
+    """Writes one shard atomically; returns (clips written, errors of skipped pieces)."""
+    length = settings.length
+    frames = np.empty((task.clips, length, *frame_size, 3), np.uint8)
+    actions = np.zeros((task.clips, length, *action_spec.shape), action_spec.dtype)
+    has_action = np.zeros((task.clips, length), bool)
+    episode_names, starts, skipped = [], [], []
+    for ref, piece_starts in task.pieces:
+        try:
+            window_frames, window_actions = _read_window(
+                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_spec
+            )
+        except DataError as e:
+            if not skip_bad:
+                raise
+            skipped.append(str(e))
+            continue
+        for start in piece_starts:
+            row, offset = len(starts), start - piece_starts[0]
+            frames[row] = window_frames[offset : offset + length]
+            actions[row] = window_actions[offset : offset + length]
+            has_action[row] = ref.action_spec is not None
+            episode_names.append(ref.name)
+            starts.append(start)
+    kept = len(starts)
+    final = os.path.join(out_dir, task.split, task.name)
+    temp = f"{final}.tmp-{os.getpid()}"
+    os.makedirs(temp)
+    np.save(os.path.join(temp, "frames.npy"), frames[:kept])
+    np.save(os.path.join(temp, "actions.npy"), actions[:kept])
+    np.save(os.path.join(temp, "has_action.npy"), has_action[:kept])
+    with open(os.path.join(temp, "clips.json"), "w") as f:
+        json.dump({"episode": episode_names, "start": starts}, f)
+    os.rename(temp, final)
+    return kept, skipped
+
+
+def _plan_json(splits, tasks, settings, frame_size, action_spec) -> dict:
+    plan = {
+        "settings": dataclasses.asdict(settings),
+        "frame_size": list(frame_size),
+        "action": action_spec.to_json(),
+        "splits": {
+            split: {
+                "episodes": [[e.name, e.length] for e in episodes],
+                "short_episodes": sum(e.length < settings.length for e in episodes),
+                "shards": [[t.name, t.clips] for t in tasks if t.split == split],
+            }
+            for split, episodes in splits.items()
+        },
+    }
+    return json.loads(json.dumps(plan))
+
+
+def _write_json(path: str, value: dict) -> None:
+    temp = path + ".tmp"
+    with open(temp, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(temp, path)
+
+
+def prepare_clips(
+    splits: Mapping[str, Sequence[EpisodeRef]],
+    out_dir: str,
+    settings: ClipSettings,
+    *,
+    num_workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Cuts the episodes of each split into clip shards under `out_dir`; returns the index.
+
+    Resumable: finished shards of an earlier run with the same plan are kept. Raises DataError
+    for bad input (or, with `skip_bad`, leaves it out and warns with the count) and when
+    `out_dir` holds clips made with a different plan.
+    """
+    episodes = [e for split in splits.values() for e in split]
+    if not episodes:
+        raise DataError(f"{out_dir}: no episodes to cut into clips; check the data path")
+    action_spec = dataset_action_spec(episodes)
+    frame_size = _target_frame_size(episodes, settings)
+    tasks = plan_shards(splits, settings)
+    if not tasks:
+        raise DataError(
+            f"no episode is at least {settings.length} frames long; lower the clip length"
+        )
+    plan = _plan_json(splits, tasks, settings, frame_size, action_spec)
+    index_path = os.path.join(out_dir, INDEX_FILE)
+    if os.path.exists(index_path):
+        with open(index_path) as f:
+            if json.load(f)["plan"] != plan:
+                raise DataError(
+                    f"{out_dir} holds clips prepared with other settings or episodes; use a new "
+                    "output folder, or delete this one to prepare it again"
+                )
+    else:
+        os.makedirs(out_dir, exist_ok=True)
+        _write_json(
+            index_path, {"format": FORMAT, "version": VERSION, "plan": plan, "complete": False}
+        )
+    for split in splits:
+        split_dir = os.path.join(out_dir, split)
+        os.makedirs(split_dir, exist_ok=True)
+        for entry in os.listdir(split_dir):
+            if ".tmp-" in entry:  # left by a crashed run
+                shutil.rmtree(os.path.join(split_dir, entry))
+    pending = [t for t in tasks if not os.path.isdir(os.path.join(out_dir, t.split, t.name))]
+    bar = Progress("clips", sum(t.clips for t in tasks), "clips")
+    bar.done = sum(t.clips for t in tasks) - sum(t.clips for t in pending)  # resumed
+    work = functools.partial(
+        write_shard,
+        out_dir=out_dir,
+        settings=settings,
+        frame_size=frame_size,
+        action_spec=action_spec,
+        skip_bad=skip_bad,
+    )
+    skipped = []
+    for task, (_, errors) in run_jobs(work, pending, num_workers):
+        skipped += errors
+        if progress:
+            bar.update(task.clips)
+    return _finish_index(out_dir, tasks, plan, skipped)
+
+
+def _finish_index(out_dir: str, tasks: Sequence[ShardTask], plan: dict, skipped) -> dict:
+    index_path = os.path.join(out_dir, INDEX_FILE)
+    with open(index_path) as f:
+        index = json.load(f)
+    shards = {split: [] for split in plan["splits"]}
+    for task in tasks:
+        with open(os.path.join(out_dir, task.split, task.name, "clips.json")) as f:
+            shards[task.split].append([task.name, len(json.load(f)["start"])])
+    index.update(shards=shards, skipped=index.get("skipped", []) + skipped, complete=True)
+    _write_json(index_path, index)
+    if skipped:
+        warnings.warn(
+            f"skipped {len(skipped)} bad episode ranges while writing clips (skip_bad=True); "
+            f"first: {skipped[0]}",
+            SkippedDataWarning,
+            stacklevel=3,
+        )
+    return index
+
+
+def read_index(clips_dir: str) -> dict:
+    """The index of a finished clip folder (DataError if missing, foreign or unfinished)."""
+    path = os.path.join(clips_dir, INDEX_FILE)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: missing; prepare clips first (python -m data.prepare)")
+    with open(path) as f:
+        index = json.load(f)
+    if index.get("format") != FORMAT or index.get("version") != VERSION:
+        raise DataError(f"{path}: not a {FORMAT} v{VERSION} index")
+    if not index.get("complete"):
+        raise DataError(
+            f"{clips_dir}: preparation did not finish; run it again with the same settings to "
+            "complete the missing shards"
+        )
+    return index
+
+
+def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
+    """A shard's arrays, memory-mapped read-only (no pickles allowed)."""
+    return {
+        key: np.load(os.path.join(shard_dir, f"{key}.npy"), mmap_mode="r", allow_pickle=False)
+        for key in ("frames", "actions", "has_action")
+    }

@@ -1,0 +1,150 @@
+"""The episode model every source reader returns, the data errors, and skip bookkeeping.
+
+An episode is a sequence of frames (uint8 [T, H, W, 3]) with optional actions in the dataset
+convention: `actions[t]` is the action taken after seeing `frames[t]`. Readers return lazy
+`EpisodeRef`s (name, length, frame size, action spec, `read(start, stop)`), so preprocessing can
+plan clips from cheap metadata and read each frame range in a worker process.
+
+Action kinds: "continuous" float32 [T, A], "discrete" int32 [T], "multipart" int32 [T, P].
+"""
+
+import dataclasses
+import warnings
+import zipfile
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+ACTION_KINDS = {"continuous": "float32", "discrete": "int32", "multipart": "int32"}
+# Errors a damaged or truncated .npz raises while its directory or members are read.
+NPZ_READ_ERRORS = (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError)
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the fix."""
+
+
+class SkippedDataWarning(UserWarning):
+    """Bad files were skipped because the caller asked for it (`skip_bad=True`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionSpec:
+    """Per-step action layout: kind plus the shape of one step's action (no time axis)."""
+
+    kind: str
+    shape: tuple[int, ...]
+
+    def __post_init__(self):
+        if self.kind not in ACTION_KINDS:
+            raise ValueError(f"action kind {self.kind!r} is not one of {sorted(ACTION_KINDS)}")
+        rank = {"continuous": 1, "discrete": 0, "multipart": 1}[self.kind]
+        if len(self.shape) != rank:
+            raise ValueError(f"{self.kind} actions need {rank} axes per step, got {self.shape}")
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(ACTION_KINDS[self.kind])
+
+    @classmethod
+    def infer(cls, dtype: np.dtype, step_shape: tuple[int, ...]) -> "ActionSpec":
+        """Kind from an action array's dtype and per-step shape (float -> continuous, ...)."""
+        dtype = np.dtype(dtype)
+        if np.issubdtype(dtype, np.floating) and len(step_shape) == 1:
+            return cls("continuous", tuple(step_shape))
+        if np.issubdtype(dtype, np.integer) and len(step_shape) <= 1:
+            return cls("discrete" if not step_shape else "multipart", tuple(step_shape))
+        raise ValueError(
+            f"actions of dtype {dtype} and per-step shape {step_shape} are none of: float [T, A] "
+            "continuous, int [T] discrete, int [T, P] multi-part"
+        )
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "shape": list(self.shape), "dtype": self.dtype.name}
+
+    @classmethod
+    def from_json(cls, value: dict) -> "ActionSpec":
+        return cls(value["kind"], tuple(value["shape"]))
+
+
+# The layout stored for datasets whose episodes carry no actions at all.
+NO_ACTIONS = ActionSpec("continuous", (0,))
+
+
+class EpisodeChunk(NamedTuple):
+    """Frames uint8 [n, H, W, 3] and their actions ([n, ...] in the spec's dtype, or None)."""
+
+    frames: np.ndarray
+    actions: np.ndarray | None
+
+
+class EpisodeRef(Protocol):
+    """A lazily read episode. Implementations are picklable frozen dataclasses."""
+
+    name: str
+    length: int
+    frame_size: tuple[int, int]
+    action_spec: ActionSpec | None
+
+    def read(self, start: int, stop: int) -> EpisodeChunk: ...
+
+
+def read_episode(ref: EpisodeRef) -> EpisodeChunk:
+    """All frames and actions of an episode."""
+    return ref.read(0, ref.length)
+
+
+def dataset_action_spec(refs: Sequence[EpisodeRef]) -> ActionSpec:
+    """The one action layout of a set of episodes (`NO_ACTIONS` if none has actions)."""
+    specs = {ref.action_spec for ref in refs if ref.action_spec is not None}
+    if len(specs) > 1:
+        found = {spec: next(r.name for r in refs if r.action_spec == spec) for spec in specs}
+        listing = "; ".join(f"{spec.kind} {spec.shape} in {name}" for spec, name in found.items())
+        raise DataError(
+            f"episodes mix action layouts ({listing}): every episode with actions must use the "
+            "same kind and shape; convert them or prepare them as separate datasets"
+        )
+    return specs.pop() if specs else NO_ACTIONS
+
+
+def npz_member_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an .npz from its headers, without reading the data."""
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with archive.open(member) as f:
+                major, _ = np.lib.format.read_magic(f)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if major == 1
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(f)
+            shapes[member[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
+    return shapes
+
+
+class SkipLog:
+    """Collects bad files when skipping is allowed, else raises; warns once with the count."""
+
+    def __init__(self, skip_bad: bool, what: str):
+        self.skip_bad = skip_bad
+        self.what = what
+        self.skipped: list[str] = []
+
+    def bad(self, error: DataError) -> None:
+        if not self.skip_bad:
+            raise error
+        self.skipped.append(str(error))
+
+    def warn(self, total: int) -> None:
+        if self.skipped:
+            warnings.warn(
+                f"skipped {len(self.skipped)} of {total} {self.what} (skip_bad=True); "
+                f"first: {self.skipped[0]}",
+                SkippedDataWarning,
+                stacklevel=3,
+            )

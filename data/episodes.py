@@ -1,0 +1,121 @@
+"""Reader for "bring your own data": a folder of .npz episodes.
+
+Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally `actions` (float32 [T, A]
+continuous, int32 [T] discrete or int32 [T, P] multi-part), where `actions[t]` is the action taken
+after seeing `frames[t]`. Files are read with `allow_pickle=False`. All episodes must share one
+frame size and one action layout; episodes without actions are allowed (stored as unlabeled).
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from data.episode import (
+    NPZ_READ_ERRORS,
+    ActionSpec,
+    DataError,
+    EpisodeChunk,
+    SkipLog,
+    npz_member_shapes,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NpzEpisode:
+    """One episode file; `read` loads it and slices [start, stop)."""
+
+    path: str
+    name: str
+    length: int
+    frame_size: tuple[int, int]
+    action_spec: ActionSpec | None
+
+    def read(self, start: int, stop: int) -> EpisodeChunk:
+        try:
+            with np.load(self.path, allow_pickle=False) as npz:
+                frames = npz["frames"][start:stop]
+                actions = npz["actions"][start:stop] if self.action_spec is not None else None
+        except NPZ_READ_ERRORS as e:
+            raise DataError(
+                f"{self.path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or "
+                "truncated: write it again, or pass skip_bad=True to leave it out"
+            ) from e
+        if actions is not None:
+            actions = actions.astype(self.action_spec.dtype)
+        return EpisodeChunk(frames, actions)
+
+
+def _describe(path: str, name: str) -> NpzEpisode:
+    """Checks one file's headers and returns its episode (DataError naming the file if bad)."""
+    try:
+        shapes = npz_member_shapes(path)
+    except NPZ_READ_ERRORS as e:
+        raise DataError(
+            f"{path}: not a readable .npz ({type(e).__name__}: {e}); the file is corrupt or "
+            "truncated: write it again, or pass skip_bad=True to leave it out"
+        ) from e
+    if "frames" not in shapes:
+        raise DataError(
+            f"{path}: no `frames` array (found {sorted(shapes)}); save frames as uint8 "
+            "[T, H, W, 3] under the key `frames`"
+        )
+    frame_shape, frame_dtype = shapes["frames"]
+    if frame_dtype != np.uint8 or len(frame_shape) != 4 or frame_shape[3] != 3:
+        raise DataError(
+            f"{path}: `frames` is {frame_dtype} {frame_shape}; it must be uint8 [T, H, W, 3] "
+            "(RGB, values 0..255)"
+        )
+    spec = None
+    if "actions" in shapes:
+        action_shape, action_dtype = shapes["actions"]
+        if action_shape[:1] != frame_shape[:1]:
+            raise DataError(
+                f"{path}: {action_shape[0] if action_shape else 0} actions for {frame_shape[0]} "
+                "frames; there must be one action per frame (actions[t] is taken after "
+                "frames[t]; pad the last one if your data has T-1 actions)"
+            )
+        try:
+            spec = ActionSpec.infer(action_dtype, action_shape[1:])
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from e
+    return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec)
+
+
+def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
+    """The episodes of a folder of .npz files, sorted by file name, checked from headers only.
+
+    Raises DataError for a missing or empty folder and for any bad file (unreadable, no uint8
+    `frames`, action count != frame count, frame size different from the first file's), unless
+    `skip_bad`, which leaves bad files out and warns once with their count.
+    """
+    if not os.path.isdir(folder):
+        raise DataError(
+            f"{folder}: no such folder; point the data path at a folder of .npz episodes"
+        )
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".npz"))
+    if not names:
+        raise DataError(
+            f"{folder}: no .npz episodes in it; save each episode with "
+            "np.savez(path, frames=..., actions=...)"
+        )
+    log = SkipLog(skip_bad, "episode files")
+    episodes = []
+    for file_name in names:
+        path = os.path.join(folder, file_name)
+        try:
+            episode = _describe(path, file_name[: -len(".npz")])
+            if episodes and episode.frame_size != episodes[0].frame_size:
+                raise DataError(
+                    f"{path}: frames are {episode.frame_size[0]}x{episode.frame_size[1]} but "
+                    f"{episodes[0].frame_size[0]}x{episodes[0].frame_size[1]} in "
+                    f"{episodes[0].path}; resize all episodes to one size"
+                )
+        except DataError as e:
+            log.bad(e)
+            continue
+        episodes.append(episode)
+    log.warn(len(names))
+    if not episodes:
+        raise DataError(f"{folder}: every episode file was bad and skipped; nothing to read")
+    return episodes

@@ -1,0 +1,95 @@
+"""Source selection and the command line that turns any source into clips.
+
+    python -m data.prepare --format=sim --path=/tmp/sim_calvin --out=/tmp/clips \
+        --length=16 --stride=8 --image_size=64 --workers=2
+
+`--format`: `calvin` (a CALVIN root: training/ and, if present, validation/ as the eval split),
+`episodes` (a folder of .npz episodes; eval episodes held out by `--eval_fraction`), or `sim`
+(generates the embedded simulator's demonstrations in CALVIN format at `--path` first, resumably).
+Re-running the same command resumes both steps.
+"""
+
+import os
+
+from absl import app, flags
+
+from data.calvin import CALVIN_FRAME_SIZE, calvin_episodes
+from data.clips import ClipSettings, hold_out_episodes, prepare_clips
+from data.episode import EpisodeRef
+from data.episodes import npz_episodes
+from data.sim_demos import SimSettings, generate_calvin_dataset
+
+FORMATS = ("calvin", "episodes", "sim")
+
+
+def episode_splits(
+    data_format: str,
+    path: str,
+    *,
+    eval_fraction: float = 0.05,
+    seed: int = 0,
+    skip_bad: bool = False,
+    frame_size: tuple[int, int] = CALVIN_FRAME_SIZE,
+) -> dict[str, list[EpisodeRef]]:
+    """{"train": [...], "eval": [...]} episodes of a source, split by episode.
+
+    CALVIN-layout sources (`calvin`, `sim`, whose frames are `frame_size`) use their validation/
+    folder as eval when it exists; otherwise `eval_fraction` of the episodes is held out.
+    """
+    if data_format == "episodes":
+        return hold_out_episodes(npz_episodes(path, skip_bad=skip_bad), eval_fraction, seed)
+    if data_format not in FORMATS:
+        raise ValueError(f"unknown data format {data_format!r}; use one of {FORMATS}")
+    train = calvin_episodes(path, "training", frame_size=frame_size, skip_bad=skip_bad)
+    if not os.path.isdir(os.path.join(path, "validation")):
+        return hold_out_episodes(train, eval_fraction, seed)
+    held = calvin_episodes(path, "validation", frame_size=frame_size, skip_bad=skip_bad)
+    return {"train": train, "eval": held}
+
+
+_FORMAT = flags.DEFINE_enum("format", "sim", FORMATS, "source format")
+_PATH = flags.DEFINE_string("path", None, "source folder (for sim: where to generate it)")
+_OUT = flags.DEFINE_string("out", None, "output folder for the clips")
+_LENGTH = flags.DEFINE_integer("length", 16, "frames per clip")
+_STRIDE = flags.DEFINE_integer("stride", 16, "frames between clip starts")
+_IMAGE_SIZE = flags.DEFINE_list("image_size", None, "resize to H,W (or one number); none: keep")
+_CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 64, "clips per shard")
+_EVAL_FRACTION = flags.DEFINE_float("eval_fraction", 0.05, "held-out episode fraction")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the held-out split and the simulator")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "worker processes")
+_SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "leave bad files out (with a warning count)")
+_SIM_TRAIN = flags.DEFINE_integer("sim_train_episodes", 64, "sim: training episodes")
+_SIM_EVAL = flags.DEFINE_integer("sim_eval_episodes", 8, "sim: validation episodes")
+_SIM_LENGTH = flags.DEFINE_integer("sim_episode_length", 120, "sim: frames per episode")
+_SIM_RENDER = flags.DEFINE_integer("sim_render_size", 200, "sim: rendered frame side")
+
+
+def main(argv):
+    del argv
+    frame_size = CALVIN_FRAME_SIZE
+    if _FORMAT.value == "sim":
+        settings = SimSettings(
+            _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value
+        )
+        generate_calvin_dataset(_PATH.value, settings, num_workers=_WORKERS.value)
+        frame_size = (_SIM_RENDER.value, _SIM_RENDER.value)
+    splits = episode_splits(
+        _FORMAT.value, _PATH.value, eval_fraction=_EVAL_FRACTION.value, seed=_SEED.value,
+        skip_bad=_SKIP_BAD.value, frame_size=frame_size,
+    )  # fmt: skip
+    image_size = [int(v) for v in _IMAGE_SIZE.value] if _IMAGE_SIZE.value else None
+    settings = ClipSettings(
+        _LENGTH.value, _STRIDE.value,
+        tuple(image_size * 2 if len(image_size) == 1 else image_size) if image_size else None,
+        _CLIPS_PER_SHARD.value,
+    )  # fmt: skip
+    index = prepare_clips(
+        splits, _OUT.value, settings, num_workers=_WORKERS.value, skip_bad=_SKIP_BAD.value
+    )
+    counts = {split: sum(n for _, n in shards) for split, shards in index["shards"].items()}
+    print(f"clips in {_OUT.value}: {counts}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["path", "out"])
+    app.run(main)

@@ -1,0 +1,204 @@
+"""Scripted, noisy demonstrations in the embedded simulator, written as a real CALVIN dataset.
+
+An episode chains random tasks until it has `episode_length` frames: reach a block, push a block
+in a random direction, pick a block up and put it down elsewhere, or wander (smooth random
+motion, so that actions vary beyond the scripts). A task is a list of waypoints for the tool
+centre point; the policy steers toward the current one with a clipped proportional relative
+action plus Gaussian noise, so the recorded actions explain the motion.
+
+Output: `<root>/training` and `<root>/validation` (when it has episodes) in the CALVIN layout
+(`episode_%07d.npz` per frame with `rgb_static`, `actions`, `rel_actions`, `robot_obs`,
+`scene_obs` as CALVIN stores them, float64 vectors; no gripper camera or depth), one segment per
+episode in
+`ep_start_end_ids.npy`, and `simulator.json` with the settings. Episode k of a split is
+generated from the seed (seed, split, k) in a fresh physics scene, so output does not depend on
+the number of worker processes; finished episodes are kept when a run is repeated.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from data.calvin import frame_path, write_calvin_frame, write_segments
+from data.episode import DataError
+from data.jobs import Progress, run_jobs
+from data.sim import (
+    BLOCK_HALF,
+    DOWN,
+    POSITION_SCALE,
+    ROTATION_SCALE,
+    TABLE_TOP,
+    WORKSPACE_HIGH,
+    WORKSPACE_LOW,
+    TabletopSim,
+    wrap_angle,
+)
+
+SPLITS = ("training", "validation")
+REACHED = 0.012  # metres from a waypoint that count as reaching it
+WAYPOINT_PATIENCE = 40  # steps before giving up on a waypoint
+HOVER = 0.14  # height above a block for approach moves
+
+
+@dataclasses.dataclass(frozen=True)
+class SimSettings:
+    """What to generate: episodes per split, frames per episode, render size, seed."""
+
+    train_episodes: int = 64
+    eval_episodes: int = 8
+    episode_length: int = 120
+    image_size: int = 200
+    seed: int = 0
+
+    def episodes(self, split: str) -> int:
+        return self.train_episodes if split == "training" else self.eval_episodes
+
+
+@dataclasses.dataclass(frozen=True)
+class Waypoint:
+    position: np.ndarray
+    gripper: float  # +1 open, -1 closed
+    yaw: float = 0.0
+    hold: int = 0  # steps to stay once reached (while the gripper moves)
+
+
+def _above(point: np.ndarray, height: float) -> np.ndarray:
+    return point + np.array([0.0, 0.0, height])
+
+
+def _task(kind: str, sim: TabletopSim, rng: np.random.Generator) -> list[Waypoint]:
+    """Waypoints of one task, planned from the scene as it is now."""
+    block, block_euler = sim.block_poses()[rng.integers(len(sim.blocks))]
+    yaw = float((block_euler[2] + np.pi / 4) % (np.pi / 2) - np.pi / 4)  # cube: yaw mod 90 deg
+    low = TABLE_TOP + BLOCK_HALF
+    if kind == "reach":
+        return [
+            Waypoint(_above(block, HOVER + rng.uniform(-0.03, 0.05)), 1.0, yaw),
+            Waypoint(block + np.array([*rng.normal(0, 0.01, 2), 0.05]), 1.0, yaw, hold=3),
+        ]
+    if kind == "push":
+        angle = rng.uniform(-np.pi, np.pi)
+        direction = np.array([np.cos(angle), np.sin(angle), 0.0])
+        behind = np.array([*block[:2], low]) - 0.08 * direction
+        end = behind + rng.uniform(0.14, 0.2) * direction
+        return [
+            Waypoint(_above(behind, HOVER), -1.0),
+            Waypoint(behind, -1.0),
+            Waypoint(end, -1.0),
+            Waypoint(_above(end, HOVER), -1.0),
+        ]
+    if kind == "pick":
+        place = np.array([*rng.uniform(WORKSPACE_LOW, WORKSPACE_HIGH), low + 0.005])
+        return [
+            Waypoint(_above(block, HOVER), 1.0, yaw),
+            Waypoint(np.array([*block[:2], low + 0.005]), 1.0, yaw),
+            Waypoint(np.array([*block[:2], low + 0.005]), -1.0, yaw, hold=8),
+            Waypoint(_above(block, HOVER + 0.04), -1.0, yaw),
+            Waypoint(_above(place, HOVER), -1.0, yaw),
+            Waypoint(place, -1.0, yaw),
+            Waypoint(place, 1.0, yaw, hold=5),
+            Waypoint(_above(place, HOVER), 1.0, yaw),
+        ]
+    points = rng.uniform([*WORKSPACE_LOW, low + 0.03], [*WORKSPACE_HIGH, low + 0.2], (3, 3))
+    gripper = float(rng.choice([-1.0, 1.0]))
+    return [Waypoint(point, gripper, rng.uniform(-0.6, 0.6)) for point in points]
+
+
+class ScriptedPolicy:
+    """Chains random tasks; `act(sim)` returns the next 7-D relative action in [-1, 1]."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.waypoints: list[Waypoint] = []
+        self.steps_on_waypoint = 0
+        self.held = 0
+
+    def act(self, sim: TabletopSim) -> np.ndarray:
+        if not self.waypoints:
+            kind = self.rng.choice(["reach", "push", "pick", "wander"], p=[0.25, 0.3, 0.3, 0.15])
+            self.waypoints = _task(kind, sim, self.rng)
+        target = self.waypoints[0]
+        position, euler = sim.tcp_pose()
+        offset = target.position - position
+        self.steps_on_waypoint += 1
+        if np.linalg.norm(offset) < REACHED:
+            self.held += 1
+        if self.held > target.hold or self.steps_on_waypoint > WAYPOINT_PATIENCE:
+            self.waypoints.pop(0)
+            self.steps_on_waypoint = self.held = 0
+        translation = np.clip(offset / POSITION_SCALE, -1, 1) + self.rng.normal(0, 0.15, 3)
+        rotation_error = wrap_angle(DOWN + np.array([0.0, 0.0, target.yaw]) - euler)
+        rotation = np.clip(0.5 * rotation_error / ROTATION_SCALE, -1, 1)
+        rotation += self.rng.normal(0, 0.1, 3)
+        action = np.concatenate([np.clip(translation, -1, 1), np.clip(rotation, -1, 1)])
+        return np.append(action, target.gripper)
+
+
+_SIMULATORS: dict[int, TabletopSim] = {}  # one per process and image size, reused across episodes
+
+
+def generate_episode(root: str, split: str, index: int, settings: SimSettings) -> int:
+    """Simulates and writes one episode; returns its frame count."""
+    if settings.image_size not in _SIMULATORS:
+        _SIMULATORS[settings.image_size] = TabletopSim(settings.image_size)
+    sim = _SIMULATORS[settings.image_size]
+    rng = np.random.default_rng((settings.seed, SPLITS.index(split), index))
+    sim.reset(rng)
+    policy = ScriptedPolicy(rng)
+    split_dir = os.path.join(root, split)
+    first_id = index * settings.episode_length
+    for t in range(settings.episode_length):
+        image, robot_obs, scene_obs = sim.render(), sim.robot_obs(), sim.scene_obs()
+        rel_action = policy.act(sim)
+        absolute = sim.step(rel_action)
+        write_calvin_frame(
+            split_dir, first_id + t, rgb_static=image, actions=absolute,
+            rel_actions=rel_action.astype(np.float64), robot_obs=robot_obs, scene_obs=scene_obs,
+        )  # fmt: skip
+    return settings.episode_length
+
+
+def _generate(job):
+    return generate_episode(*job)
+
+
+def generate_calvin_dataset(
+    root: str, settings: SimSettings, *, num_workers: int = 1, progress: bool = True
+) -> str:
+    """Writes the simulated dataset under `root` (resumable); returns `root`.
+
+    Raises DataError if `root` holds a simulated dataset made with other settings.
+    """
+    settings_path = os.path.join(root, "simulator.json")
+    wanted = dataclasses.asdict(settings)
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            if json.load(f) != wanted:
+                raise DataError(
+                    f"{root} holds a simulated dataset made with other settings; use a new "
+                    "folder, or delete this one to generate it again"
+                )
+    splits = [split for split in SPLITS if settings.episodes(split) > 0]
+    for split in splits:
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+    with open(settings_path, "w") as f:
+        json.dump(wanted, f, indent=1)
+    length = settings.episode_length
+    jobs = [
+        (root, split, k, settings)
+        for split in splits
+        for k in range(settings.episodes(split))
+        if not os.path.exists(frame_path(os.path.join(root, split), (k + 1) * length - 1))
+    ]
+    total = sum(settings.episodes(split) for split in splits) * length
+    bar = Progress("simulated frames", total, "frames")
+    bar.done = total - len(jobs) * length  # resumed
+    for _, frames in run_jobs(_generate, jobs, num_workers):
+        if progress:
+            bar.update(frames)
+    for split in splits:
+        ids = np.arange(settings.episodes(split))[:, None] * length + [0, length - 1]
+        write_segments(os.path.join(root, split), ids)
+    return root

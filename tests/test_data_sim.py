@@ -1,0 +1,80 @@
+"""The embedded tabletop simulator and its CALVIN-format demonstrations."""
+
+import os
+
+import numpy as np
+import pytest
+
+from data.calvin import calvin_episodes, frame_path
+from data.episode import DataError
+from data.sim import TabletopSim
+from data.sim_demos import SimSettings, generate_calvin_dataset
+
+pytest.importorskip("pybullet")
+
+
+def test_relative_actions_move_the_gripper_as_commanded():
+    sim = TabletopSim(image_size=48)
+    sim.reset(np.random.default_rng(0))
+    frame = sim.render()
+    assert frame.shape == (48, 48, 3) and frame.dtype == np.uint8 and frame.std() > 10
+    for axis, sign in [(0, 1), (1, 1), (1, -1), (2, -1), (0, -1), (2, 1)]:
+        action = np.zeros(7)
+        action[axis], action[6] = sign, 1.0
+        before, _ = sim.tcp_pose()
+        for _ in range(4):  # 4 steps of 2 cm commanded
+            sim.step(action)
+        moved = sim.tcp_pose()[0] - before
+        assert 0.05 < sign * moved[axis] < 0.11, (axis, sign, moved)
+        assert np.abs(np.delete(moved, axis)).max() < 0.015, (axis, sign, moved)
+    assert sim.robot_obs()[6] > 0.07  # fingers open
+    for _ in range(10):
+        sim.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+    assert sim.robot_obs()[6] < 0.01 and sim.robot_obs()[14] == -1  # closed on nothing
+    assert sim.scene_obs().shape == (24,)
+    sim.close()
+
+
+def read_split(split_dir):
+    return {
+        name: dict(np.load(os.path.join(split_dir, name)))
+        for name in sorted(os.listdir(split_dir))
+        if name.startswith("episode_")
+    }
+
+
+def test_demonstrations_in_calvin_format_deterministic_and_resumable(tmp_path):
+    settings = SimSettings(train_episodes=2, eval_episodes=1, episode_length=20, image_size=32)
+    generate_calvin_dataset(str(tmp_path / "a"), settings, progress=False)
+    train = calvin_episodes(str(tmp_path / "a"), frame_size=(32, 32))
+    held = calvin_episodes(str(tmp_path / "a"), "validation", frame_size=(32, 32))
+    assert [(e.first_id, e.last_id) for e in train] == [(0, 19), (20, 39)]
+    assert [e.length for e in held] == [20]
+    frames, actions = train[1].read(0, 20)
+    assert frames.shape == (20, 32, 32, 3) and np.abs(actions).max() <= 1.0
+    one_frame = np.load(frame_path(str(tmp_path / "a" / "training"), 0))
+    assert {key: one_frame[key].shape for key in one_frame} == {
+        "rgb_static": (32, 32, 3),
+        "actions": (7,),
+        "rel_actions": (7,),
+        "robot_obs": (15,),
+        "scene_obs": (24,),
+    }
+    # The recorded relative action explains the recorded motion of the gripper.
+    split = read_split(str(tmp_path / "a" / "training"))
+    rel = np.stack([f["rel_actions"][:3] for f in split.values()])[:19]
+    tcp = np.stack([f["robot_obs"][:3] for f in split.values()])
+    motion = np.diff(tcp[:20], axis=0)
+    assert np.corrcoef(rel.ravel(), motion.ravel())[0, 1] > 0.8
+
+    os.remove(frame_path(str(tmp_path / "a" / "training"), 39))  # as if killed mid-episode
+    generate_calvin_dataset(str(tmp_path / "a"), settings, progress=False)
+    generate_calvin_dataset(str(tmp_path / "b"), settings, num_workers=2, progress=False)
+    for split_name in ("training", "validation"):
+        a, b = (read_split(str(tmp_path / r / split_name)) for r in "ab")
+        assert a.keys() == b.keys()
+        for name in a:
+            for key in a[name]:
+                np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=name + key)
+    with pytest.raises(DataError, match="other settings"):
+        generate_calvin_dataset(str(tmp_path / "a"), SimSettings(seed=1), progress=False)
