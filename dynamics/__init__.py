@@ -1,3 +1,19 @@
-"""Dynamics model: action encoders and alignment, shortcut-forcing and MeanFlow losses, and the
-KV-cached autoregressive sampler. Works on tokenizer latents; knows nothing about pixels or
-files."""
+"""Dynamics model: action encoders and alignment (`actions`), the model (`model`), shortcut-
+forcing and MeanFlow objectives (`objectives`) and the KV-cached autoregressive sampler
+(`sampler`). Works on tokenizer latents; knows nothing about pixels or files."""
+
+from dynamics.actions import ActionEncoder, ActionSpec, align_actions
+from dynamics.model import Dynamics, DynamicsConfig
+from dynamics.objectives import dynamics_loss
+from dynamics.sampler import generate, generate_uncached
+
+__all__ = [
+    "ActionEncoder",
+    "ActionSpec",
+    "Dynamics",
+    "DynamicsConfig",
+    "align_actions",
+    "dynamics_loss",
+    "generate",
+    "generate_uncached",
+]

@@ -1,0 +1,51 @@
+"""One jitted, state-donating train step shared by every stage.
+
+`TrainState` holds the model, the optax state, the step and a count of skipped updates. A step
+whose loss or gradient is not finite leaves model and optimizer untouched and increments
+`skipped` (the caller decides when too many skips should stop the run).
+"""
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Int, PyTree
+
+
+class TrainState(eqx.Module):
+    model: eqx.Module
+    opt_state: PyTree
+    step: Int[Array, ""]
+    skipped: Int[Array, ""]
+
+
+def init_state(model: eqx.Module, optimizer: optax.GradientTransformation) -> TrainState:
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    return TrainState(model, opt_state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
+                    static_argnames: tuple[str, ...] = ()) -> Callable:
+    """step(state, batch, key, **static) -> (state, metrics) with
+    `loss_fn(model, batch, *, key, **static) -> (loss, metrics)`; the state is donated."""
+
+    def step(state: TrainState, batch, key, **static):
+        grad_fn = eqx.filter_value_and_grad(lambda m: loss_fn(m, batch, key=key, **static),
+                                            has_aux=True)
+        (loss, metrics), grads = grad_fn(state.model)
+        params = eqx.filter(state.model, eqx.is_inexact_array)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes weak and int32 scalars
+            updates, opt_state = optimizer.update(grads, state.opt_state, params)
+        model = eqx.apply_updates(state.model, updates)
+        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jnp.where(finite, new, old) if eqx.is_array(new) else new
+        model = jax.tree.map(keep, model, state.model)
+        opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+        state = TrainState(model, opt_state, state.step + 1,
+                           state.skipped + (~finite).astype(jnp.int32))
+        return state, {**metrics, "grad_norm": grad_norm, "finite": finite}
+
+    return jax.jit(step, donate_argnums=0, static_argnames=static_argnames)

@@ -1,0 +1,177 @@
+"""The dynamics model: noisy latents + signal level + step size + actions -> clean latents.
+
+Per-frame token block, in order: `action_tokens` action tokens, one shortcut token, the spatial
+tokens (`pack` adjacent latent tokens concatenated and projected to the model width), then
+`registers` learned register tokens. A space-time axial transformer (every frame's tokens see each
+other; time layers are causal) runs over the blocks, and the spatial outputs are read out linearly
+to clean latents (x-prediction).
+
+Signal level tau (0 = noise, 1 = clean) and step size d are embedded by `LevelEmbedding`: learned
+rows on a grid, linearly interpolated in between. On the grid (tau = j / k_max; d = 0 or
+2^i / k_max) it is exactly the paper's discrete lookup; off the grid (context frames at tau 0.9,
+MeanFlow's continuous d) it stays well defined and differentiable.
+"""
+
+import dataclasses
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from core import AxialTransformer, Linear
+from core.layers import check_compute_dtype, expand_to
+from dynamics.actions import ActionEncoder, ActionSpec
+from kernels import KVCache
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicsConfig:
+    """Every size of the dynamics model (validated on construction)."""
+
+    latent_tokens: int
+    latent_dim: int
+    action: ActionSpec
+    width: int = 256
+    depth: int = 8
+    heads: int = 4
+    kv_heads: int | None = None
+    time_every: int = 4
+    pack: int = 1
+    registers: int = 4
+    action_tokens: int = 1
+    k_max: int = 64
+    softcap: float | None = 50.0
+    remat: bool = False
+    compute_dtype: str = "float32"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        if self.latent_tokens % self.pack:
+            raise ValueError(f"dynamics.pack ({self.pack}) must divide dynamics.latent_tokens "
+                             f"({self.latent_tokens}).")
+        if self.k_max < 1 or self.k_max & (self.k_max - 1):
+            raise ValueError(f"dynamics.k_max must be a power of two, got {self.k_max}.")
+        if self.width % 2:
+            raise ValueError(f"dynamics.width must be even (tau and d halves), got {self.width}.")
+        if self.action_tokens < 1 or self.registers < 0:
+            raise ValueError("dynamics.action_tokens must be >= 1 and dynamics.registers >= 0.")
+        check_compute_dtype(self.compute_dtype)
+
+    @property
+    def spatial_tokens(self) -> int:
+        return self.latent_tokens // self.pack
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.action_tokens + 1 + self.spatial_tokens + self.registers
+
+
+class LevelEmbedding(eqx.Module):
+    """Rows [count, dim] looked up at a fractional index by linear interpolation."""
+
+    table: Float[Array, "count dim"]
+
+    def __init__(self, count: int, dim: int, *, key: PRNGKeyArray):
+        self.table = 0.02 * jax.random.normal(key, (count, dim))
+
+    def __call__(self, index: Float[Array, "*batch"]) -> Float[Array, "*batch dim"]:
+        index = jnp.clip(index, 0.0, self.table.shape[0] - 1.0)
+        low = jnp.clip(jnp.floor(index), 0.0, self.table.shape[0] - 2.0)
+        frac = (index - low)[..., None]
+        low = low.astype(jnp.int32)
+        return (1.0 - frac) * self.table[low] + frac * self.table[low + 1]
+
+
+def tau_index(tau: Float[Array, "*batch"], k_max: int) -> Float[Array, "*batch"]:
+    return tau * k_max
+
+
+def step_index(d: Float[Array, "*batch"], k_max: int) -> Float[Array, "*batch"]:
+    """Row 0 is d = 0; row 1 + i is d = 2^i / k_max; linear in d below d_min, in log2 above."""
+    scaled = d * k_max
+    return jnp.where(scaled < 1.0, scaled, 1.0 + jnp.log2(jnp.maximum(scaled, 1.0)))
+
+
+class Dynamics(eqx.Module):
+    """z1_hat = f(z_tau, tau, d, actions): see the module docstring."""
+
+    actions: ActionEncoder
+    tau_embed: LevelEmbedding
+    step_embed: LevelEmbedding
+    spatial_in: Linear
+    registers: Float[Array, "registers width"]
+    transformer: AxialTransformer
+    readout: Linear
+    config: DynamicsConfig = eqx.field(static=True)
+
+    def __init__(self, config: DynamicsConfig, *, key: PRNGKeyArray):
+        c = config
+        keys = jax.random.split(key, 7)
+        self.actions = ActionEncoder(c.action, c.width, tokens=c.action_tokens,
+                                     compute_dtype=c.compute_dtype, key=keys[0])
+        self.tau_embed = LevelEmbedding(c.k_max + 1, c.width // 2, key=keys[1])
+        self.step_embed = LevelEmbedding(2 + int(math.log2(c.k_max)), c.width // 2, key=keys[2])
+        packed = c.pack * c.latent_dim
+        self.spatial_in = Linear(packed, c.width, compute_dtype=c.compute_dtype, key=keys[3])
+        self.registers = 0.02 * jax.random.normal(keys[4], (c.registers, c.width))
+        self.transformer = AxialTransformer(
+            c.width, c.depth, c.heads, kv_heads=c.kv_heads, time_every=c.time_every,
+            softcap=c.softcap, remat=c.remat, backend=c.backend, compute_dtype=c.compute_dtype,
+            key=keys[5])
+        self.readout = Linear(c.width, packed, compute_dtype=c.compute_dtype, key=keys[6])
+        self.config = config
+
+    def embed(self, z, tau, d, actions, has_action):
+        """Token blocks [batch, time, tokens_per_frame, width] (float32)."""
+        c = self.config
+        batch, time = tau.shape
+        level = jnp.concatenate([self.tau_embed(tau_index(tau, c.k_max)),
+                                 self.step_embed(step_index(d, c.k_max))], axis=-1)
+        packed = z.reshape(batch, time, c.spatial_tokens, c.pack * c.latent_dim)
+        registers = jnp.broadcast_to(expand_to(self.registers, 4),
+                                     (batch, time, c.registers, c.width))
+        return jnp.concatenate([
+            self.actions(actions, has_action), level[:, :, None, :],
+            self.spatial_in(packed).astype(jnp.float32), registers,
+        ], axis=2)
+
+    def read(
+        self, h: Float[Array, "batch time tokens width"]
+    ) -> Float[Array, "batch time latents latent_dim"]:
+        c = self.config
+        start = c.action_tokens + 1
+        spatial = h[:, :, start:start + c.spatial_tokens]
+        out = self.readout(spatial).astype(jnp.float32)
+        return out.reshape(*h.shape[:2], c.latent_tokens, c.latent_dim)
+
+    def __call__(
+        self,
+        z: Float[Array, "batch time latents dim"],
+        tau: Float[Array, "batch time"],
+        d: Float[Array, "batch time"],
+        actions: Float[Array, "batch time *action"] | Int[Array, "batch time *action"],
+        has_action: Bool[Array, "batch time"],
+        *,
+        time_mask: Bool[Array, "batch time time"] | None = None,
+    ) -> Float[Array, "batch time latents dim"]:
+        """Clean-latent prediction for every frame; actions in the model convention."""
+        h = self.transformer(self.embed(z, tau, d, actions, has_action), time_mask=time_mask)
+        return self.read(h)
+
+    def init_caches(self, batch: int, capacity: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
+        return self.transformer.init_caches(batch, self.config.tokens_per_frame, capacity, dtype)
+
+    def step(
+        self,
+        z: Float[Array, "batch new latents dim"],
+        tau: Float[Array, "batch new"],
+        d: Float[Array, "batch new"],
+        actions: Float[Array, "batch new *action"] | Int[Array, "batch new *action"],
+        has_action: Bool[Array, "batch new"],
+        caches: tuple[KVCache, ...],
+    ) -> tuple[Float[Array, "batch new latents dim"], tuple[KVCache, ...]]:
+        """The cached form: new frames after the cached ones; caches written, not committed."""
+        h, caches = self.transformer.step(self.embed(z, tau, d, actions, has_action), caches)
+        return self.read(h), caches

@@ -1,0 +1,136 @@
+"""Training objectives: shortcut forcing (default) and MeanFlow, both in x-space with a ramp weight.
+
+Conventions (dreamer4_spec.md sections 0, 3, 7): signal level tau, 0 = noise and 1 = clean;
+z_tau = (1 - tau) z0 + tau z1 with z0 ~ N(0, I); the model predicts clean latents z1_hat.
+
+Shortcut forcing, per frame (diffusion forcing: every frame draws its own tau and d):
+- flow rows: d = d_min = 1 / k_max, loss ||z1_hat - z1||^2;
+- bootstrap rows (the first `bootstrap_rows` of the batch): d = 2^i / k_max with i ~ U{1..log2
+  k_max}; two half steps of the same network without gradient give the target
+  z_tau + (1 - tau) sg((b1 + b2) / 2), the x-space form of (1 - tau)^2 ||v_hat - v_target||^2.
+  Every frame of a row moves to the half-step point (spec ambiguity 5); teacher = online weights;
+- tau uniform on the grid of d: {0, d, ..., 1 - d}; loss weight w(tau) = 0.9 tau + 0.1.
+With `bootstrap_rows = 0` (static) the teacher passes are not traced at all.
+
+MeanFlow (Dreamer convention, spec section 7): U = (z1_hat - z_tau) / (1 - tau) is the average
+velocity over [tau, tau + d]; the target U + d dU/dtau (end point fixed) comes from one JVP with
+tangents (v, +1, -1) on (z_tau, tau, d); frames with d = 0 reduce exactly to the flow term. The
+JVP perturbs every frame's tau at once, so context tangents leak across frames (the spec's
+"accept the approximation" option).
+
+`image_rows` sequences are trained as separate images: their frames do not see each other and
+carry no action.
+"""
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from dynamics.model import Dynamics
+
+OBJECTIVES = ("shortcut", "meanflow")
+
+
+def ramp_weight(tau: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
+    return 0.9 * tau + 0.1
+
+
+def _frames(x: Float[Array, "batch time"]) -> Float[Array, "batch time 1 1"]:
+    return x[:, :, None, None]
+
+
+def sample_levels(key: PRNGKeyArray, batch: int, time: int, k_max: int, bootstrap_rows: int
+                  ) -> tuple[Float[Array, "batch time"], Float[Array, "batch time"]]:
+    """Per-frame (tau, d): d_min on flow rows, coarser powers of two on bootstrap rows."""
+    k_level, k_tau = jax.random.split(key)
+    levels = int(k_max).bit_length() - 1  # log2 k_max
+    level = jax.random.randint(k_level, (batch, time), 1, max(levels, 1) + 1)
+    is_bootstrap = jnp.arange(batch)[:, None] < bootstrap_rows
+    level = jnp.where(is_bootstrap & (levels > 0), level, 0)
+    d = (2.0 ** level.astype(jnp.float32)) / k_max
+    steps = jnp.floor(jax.random.uniform(k_tau, (batch, time)) / d)  # uniform on {0..1/d - 1}
+    return steps * d, d
+
+
+def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
+                    ) -> tuple[Bool[Array, " batch"], Bool[Array, "batch time time"]]:
+    """Which rows are separate images, and the time mask that keeps their frames apart."""
+    is_image = jax.random.uniform(key, (batch,)) < fraction
+    eye = jnp.eye(time, dtype=bool)[None]
+    return is_image, jnp.where(is_image[:, None, None], eye, jnp.ones_like(eye))
+
+
+def bootstrap_target(model: Dynamics, z_tau, tau, d, actions, has_action, time_mask):
+    """sg(z_tau + (1 - tau) (b1 + b2) / 2) from two half steps of size d / 2."""
+    half = d / 2
+    b1 = (model(z_tau, tau, half, actions, has_action, time_mask=time_mask) - z_tau) / _frames(
+        1.0 - tau)
+    z_mid = z_tau + _frames(half) * b1
+    b2 = (model(z_mid, tau + half, half, actions, has_action, time_mask=time_mask) - z_mid
+          ) / _frames(1.0 - tau - half)
+    return jax.lax.stop_gradient(z_tau + _frames(1.0 - tau) * (b1 + b2) / 2)
+
+
+def meanflow_prediction_and_target(model: Dynamics, z_tau, tau, d, velocity, actions,
+                                   has_action, time_mask):
+    """(z1_hat, sg(x-space MeanFlow target)); the target is z1 wherever d = 0."""
+
+    def average_velocity(z, tau, d):
+        z1_hat = model(z, tau, d, actions, has_action, time_mask=time_mask)
+        return (z1_hat - z) / _frames(1.0 - tau)
+
+    u, du_dtau = jax.jvp(average_velocity, (z_tau, tau, d),
+                         (velocity, jnp.ones_like(tau), -jnp.ones_like(d)))
+    u_target = velocity + _frames(d) * du_dtau
+    target = jax.lax.stop_gradient(z_tau + _frames(1.0 - tau) * u_target)
+    return z_tau + _frames(1.0 - tau) * u, target
+
+
+def dynamics_loss(
+    model: Dynamics,
+    latents: Float[Array, "batch time latents dim"],
+    actions: Float[Array, "batch time *action"] | Int[Array, "batch time *action"],
+    has_action: Bool[Array, "batch time"],
+    *,
+    key: PRNGKeyArray,
+    objective: str = "shortcut",
+    bootstrap_rows: int = 0,
+    mean_fraction: float = 0.25,
+    image_fraction: float = 0.3,
+) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """Weighted x-space loss and metrics; actions in the model convention (`align_actions`)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"dynamics objective must be one of {OBJECTIVES}, got {objective!r}.")
+    batch, time = has_action.shape
+    k_max = model.config.k_max
+    k_levels, k_noise, k_image, k_mean, k_span = jax.random.split(key, 5)
+    is_image, time_mask = image_rows_mask(k_image, batch, time, image_fraction)
+    has_action = has_action & ~is_image[:, None]
+    z0 = jax.random.normal(k_noise, latents.shape)
+    tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows)
+    if objective == "meanflow":
+        use_mean = jax.random.uniform(k_mean, (batch, time)) < mean_fraction
+        d = jnp.where(use_mean, jax.random.uniform(k_span, (batch, time)) * (1.0 - tau), 0.0)
+    z_tau = _frames(1.0 - tau) * z0 + _frames(tau) * latents
+
+    if objective == "meanflow":
+        prediction, target = meanflow_prediction_and_target(
+            model, z_tau, tau, d, latents - z0, actions, has_action, time_mask)
+    else:
+        prediction = model(z_tau, tau, d, actions, has_action, time_mask=time_mask)
+        target = latents
+        if bootstrap_rows:
+            rows = slice(0, bootstrap_rows)
+            teacher = bootstrap_target(model, z_tau[rows], tau[rows], d[rows], actions[rows],
+                                       has_action[rows], time_mask[rows])
+            target = jnp.concatenate([teacher, latents[bootstrap_rows:]], axis=0)
+    per_frame = jnp.mean(jnp.square(prediction - target), axis=(2, 3))
+    weighted = ramp_weight(tau) * per_frame
+    loss = jnp.mean(weighted)
+    flow = d <= 1.0 / k_max if objective == "shortcut" else d == 0.0
+    def masked_mean(where):
+        count = jnp.maximum(jnp.sum(where), 1).astype(jnp.float32)
+        return jnp.sum(jnp.where(where, per_frame, 0.0)) / count
+
+    metrics = {"loss": loss, "flow_mse": masked_mean(flow), "bootstrap_mse": masked_mean(~flow)}
+    return loss, metrics

@@ -1,0 +1,212 @@
+"""Dynamics model: actions, shortcut/MeanFlow objectives, cached generation, learning."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from core.training import init_state, make_train_step
+from dynamics import objectives
+from dynamics.actions import ActionEncoder, ActionSpec, align_actions
+from dynamics.model import Dynamics, DynamicsConfig
+from dynamics.sampler import generate, generate_uncached, next_frame
+
+CONTINUOUS = ActionSpec("continuous", dim=2)
+
+
+def _model(seed=0, **kw):
+    args = dict(latent_tokens=4, latent_dim=3, action=CONTINUOUS, width=32, depth=2, heads=2,
+                time_every=2, registers=1, k_max=8, pack=2)
+    return Dynamics(DynamicsConfig(**(args | kw)), key=jax.random.key(seed))
+
+
+def _batch(b=3, t=5, seed=0):
+    rng = np.random.default_rng(seed)
+    latents = jnp.asarray(np.tanh(rng.normal(size=(b, t, 4, 3))), jnp.float32)
+    actions = jnp.asarray(rng.uniform(-1, 1, size=(b, t, 2)), jnp.float32)
+    return latents, actions, jnp.ones((b, t), bool)
+
+
+def test_align_actions_shifts_by_one():
+    actions = jnp.asarray([[[1.0], [2.0], [3.0]]])
+    has = jnp.asarray([[True, False, True]])
+    shifted, known = align_actions(actions, has)
+    np.testing.assert_array_equal(shifted[0, :, 0], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(known[0], [False, True, False])
+
+
+@pytest.mark.parametrize("spec,actions", [
+    (ActionSpec("continuous", dim=7), np.zeros((2, 3, 7), np.float32)),
+    (ActionSpec("discrete", classes=(15,)), np.array([[0, 14, 3], [1, 2, 3]], np.int32)),
+    (ActionSpec("multi", classes=(2, 2, 121)), np.ones((2, 3, 3), np.int32)),
+])
+def test_action_encoders(spec, actions):
+    enc = ActionEncoder(spec, 16, tokens=2, key=jax.random.key(0))
+    has = jnp.asarray([[True, False, True], [False, False, True]])
+    out = enc(jnp.asarray(actions), has)
+    assert out.shape == (2, 3, 2, 16)
+    np.testing.assert_allclose(out[0, 1], enc.base + enc.no_action, rtol=1e-6)
+    assert not np.allclose(out[0, 0], out[0, 1])
+    with pytest.raises(ValueError, match="classes"):
+        ActionSpec("discrete", classes=(3, 4))
+
+
+def test_sample_levels_grid():
+    tau, d = objectives.sample_levels(jax.random.key(0), 8, 50, 16, bootstrap_rows=3)
+    tau, d = np.asarray(tau), np.asarray(d)
+    np.testing.assert_array_equal(d[3:], 1 / 16)
+    assert set(np.unique(d[:3])) <= {1 / 8, 1 / 4, 1 / 2, 1.0} and len(np.unique(d[:3])) == 4
+    steps = tau / d
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-5)
+    assert np.all(tau >= 0) and np.all(tau <= 1 - d + 1e-6)
+    np.testing.assert_allclose(objectives.ramp_weight(jnp.asarray([0.0, 0.5, 1.0])),
+                               [0.1, 0.55, 1.0])
+
+
+@pytest.mark.parametrize("bootstrap_rows", [0, 2])
+def test_shortcut_loss_matches_float64_reference(bootstrap_rows):
+    """The loss equals the spec's formulas evaluated in float64 on the same noise and levels."""
+    model, (z1, actions, has) = _model(), _batch()
+    key = jax.random.key(3)
+    loss, _ = objectives.dynamics_loss(model, z1, actions, has, key=key,
+                                       bootstrap_rows=bootstrap_rows, image_fraction=0.4)
+    k_levels, k_noise, k_image, _, _ = jax.random.split(key, 5)
+    is_image, time_mask = objectives.image_rows_mask(k_image, 3, 5, 0.4)
+    has = has & ~is_image[:, None]
+    tau, d = (np.asarray(x, np.float64) for x in objectives.sample_levels(k_levels, 3, 5, 8,
+                                                                          bootstrap_rows))
+    z0 = np.asarray(jax.random.normal(k_noise, z1.shape), np.float64)
+    z1 = np.asarray(z1, np.float64)
+    f = lambda z, t, s: np.asarray(model(jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32),
+                                         jnp.asarray(s, jnp.float32), actions, has,
+                                         time_mask=time_mask), np.float64)
+    e = lambda x: x[:, :, None, None]
+    z_tau = e(1 - tau) * z0 + e(tau) * z1
+    target = z1.copy()
+    if bootstrap_rows:
+        b1 = (f(z_tau, tau, d / 2) - z_tau) / e(1 - tau)
+        z_mid = z_tau + e(d / 2) * b1
+        b2 = (f(z_mid, tau + d / 2, d / 2) - z_mid) / e(1 - tau - d / 2)
+        target[:bootstrap_rows] = (z_tau + e(1 - tau) * (b1 + b2) / 2)[:bootstrap_rows]
+    want = np.mean((0.9 * tau + 0.1) * np.mean((f(z_tau, tau, d) - target) ** 2, axis=(2, 3)))
+    np.testing.assert_allclose(float(loss), want, rtol=2e-5)
+
+
+@pytest.mark.parametrize("bootstrap_rows,calls", [(0, 1), (2, 3)])
+def test_bootstrap_passes_only_traced_when_on(monkeypatch, bootstrap_rows, calls):
+    """Before bootstrapping starts the two teacher passes are not even traced."""
+    count = []
+    original = Dynamics.__call__
+    monkeypatch.setattr(Dynamics, "__call__", lambda *a, **k: count.append(1) or original(*a, **k))
+    model, (z1, actions, has) = _model(), _batch()
+    jax.make_jaxpr(lambda m: objectives.dynamics_loss(m, z1, actions, has, key=jax.random.key(0),
+                                                      bootstrap_rows=bootstrap_rows))(model)
+    assert len(count) == calls
+
+
+def test_meanflow_with_zero_step_is_flow_matching():
+    model, (z1, actions, has) = _model(), _batch()
+    tau = jnp.full((3, 5), 0.25)
+    z0 = jax.random.normal(jax.random.key(1), z1.shape)
+    z_tau = 0.75 * z0 + 0.25 * z1
+    _, target = objectives.meanflow_prediction_and_target(
+        model, z_tau, tau, jnp.zeros((3, 5)), z1 - z0, actions, has, None)
+    np.testing.assert_allclose(target, z1, atol=1e-5)
+    loss, metrics = objectives.dynamics_loss(model, z1, actions, has, key=jax.random.key(2),
+                                             objective="meanflow")
+    assert np.isfinite(float(loss)) and float(metrics["bootstrap_mse"]) > 0
+
+
+@pytest.mark.parametrize("capacity", [None, 4])
+def test_cached_generation_equals_uncached(capacity):
+    """Same noise and actions: the KV-cached sampler reproduces full recomputation over 8
+    generated frames, also once the window slides (capacity 4)."""
+    model, (z1, actions, has) = _model(seed=1), _batch(b=2, t=10)
+    kw = dict(key=jax.random.key(5), steps=4, capacity=capacity)
+    cached = generate(model, z1[:, :2], actions, has, **kw)
+    uncached = generate_uncached(model, z1[:, :2], actions, has, **kw)
+    assert cached.shape == (2, 8, 4, 3)
+    np.testing.assert_allclose(cached, uncached, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_compiles_once():
+    model, (z1, actions, has) = _model(seed=2), _batch(b=1, t=24)
+    generate(model, z1[:, :2], actions[:, :4], has[:, :4], key=jax.random.key(0), capacity=24)
+    compiled = next_frame._cache_size()
+    generate(model, z1[:, :2], actions, has, key=jax.random.key(0), capacity=24)  # 22 frames
+    assert next_frame._cache_size() == compiled
+
+
+def test_action_at_step_t_changes_only_later_frames():
+    """Dataset convention: actions[t] leads to frame t + 1, so it may change generated frames
+    t + 1 onwards and nothing before."""
+    model, (z1, actions, has) = _model(seed=3), _batch(b=1, t=8)
+    key = jax.random.key(7)
+    base = generate(model, z1[:, :2], *align_actions(actions, has), key=key)
+    changed = actions.at[:, 4].set(-actions[:, 4] * 5)
+    other = generate(model, z1[:, :2], *align_actions(changed, has), key=key)
+    frame = lambda t: t - 2  # generated frames start at frame 2
+    np.testing.assert_array_equal(base[:, :frame(5)], other[:, :frame(5)])
+    assert not np.allclose(base[:, frame(5)], other[:, frame(5)])
+
+
+def blob_latents(key, batch, time, grid=4):
+    """A Gaussian blob on a grid x grid token map whose velocity is the 2-D action."""
+    k_pos, k_act = jax.random.split(key)
+    pos = jax.random.uniform(k_pos, (batch, 2), minval=1.0, maxval=grid - 2.0)
+    actions = jax.random.uniform(k_act, (batch, time, 2), minval=-1.0, maxval=1.0)
+    cells = jnp.stack(jnp.meshgrid(jnp.arange(grid), jnp.arange(grid), indexing="ij"), -1)
+    cells = cells.reshape(-1, 2).astype(jnp.float32)
+    frames = []
+    for t in range(time):
+        dist = jnp.sum(jnp.square(cells[None] - pos[:, None]), -1)
+        frames.append(2.0 * jnp.exp(-dist / 1.5) - 1.0)
+        pos = jnp.clip(pos + 0.6 * actions[:, t], 0.0, grid - 1.0)
+    latents = jnp.stack(frames, axis=1)[..., None]  # [batch, time, grid * grid, 1]
+    return latents, actions
+
+
+def test_learns_action_conditioned_blob_motion():
+    """A small model trained for 500 steps (about 40 s on 2 cores) on blob motion predicts the
+    next frame better than copying the last one (cached generation, K = 4, held-out sequences;
+    at 500 steps the model's MSE is about 0.7x the copy baseline's)."""
+    config = DynamicsConfig(latent_tokens=16, latent_dim=1, action=CONTINUOUS, width=64, depth=4,
+                            heads=4, time_every=2, registers=2, k_max=8, pack=2)
+    model = Dynamics(config, key=jax.random.key(0))
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-3))
+    state = init_state(model, optimizer)
+
+    def loss_fn(model, batch, *, key, bootstrap_rows):
+        latents, actions = batch
+        has = jnp.ones(latents.shape[:2], bool)
+        return objectives.dynamics_loss(model, latents, *align_actions(actions, has), key=key,
+                                        bootstrap_rows=bootstrap_rows)
+
+    step = make_train_step(loss_fn, optimizer, static_argnames=("bootstrap_rows",))
+    for i in range(500):
+        key = jax.random.fold_in(jax.random.key(1), i)
+        state, metrics = step(state, blob_latents(key, 16, 6), jax.random.fold_in(key, 1),
+                              bootstrap_rows=4 if i >= 250 else 0)
+    assert bool(metrics["finite"]) and int(state.skipped) == 0
+    latents, actions = blob_latents(jax.random.key(99), 32, 6)
+    has = jnp.ones((32, 6), bool)
+    prediction = generate(state.model, latents[:, :5], *align_actions(actions, has),
+                          key=jax.random.key(3))[:, 0]
+    model_mse = float(jnp.mean(jnp.square(prediction - latents[:, 5])))
+    copy_mse = float(jnp.mean(jnp.square(latents[:, 4] - latents[:, 5])))
+    assert model_mse < 0.85 * copy_mse, (model_mse, copy_mse)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="pack"):
+        _model(pack=3)
+    with pytest.raises(ValueError, match="k_max"):
+        _model(k_max=12)
+    model, (z1, actions, has) = _model(), _batch()
+    with pytest.raises(ValueError, match="sampling steps"):
+        generate(model, z1[:, :2], actions, has, key=jax.random.key(0), steps=16)
+    with pytest.raises(ValueError, match="objective"):
+        objectives.dynamics_loss(model, z1, actions, has, key=jax.random.key(0), objective="x")
+    assert isinstance(eqx.filter(model, eqx.is_array), Dynamics)
