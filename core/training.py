@@ -1,8 +1,9 @@
 """One jitted, state-donating train step shared by every stage.
 
-`TrainState` holds the model, the optax state, the step and a count of skipped updates. A step
-whose loss or gradient is not finite leaves model and optimizer untouched and increments
-`skipped` (the caller decides when too many skips should stop the run).
+`TrainState` holds the model, the optax state, the loss's own running state (e.g. the
+tokenizer's RMS estimates; any pytree, empty for none), the step and a count of skipped updates.
+A step whose loss or gradient is not finite leaves model, optimizer and loss state untouched and
+increments `skipped` (the caller decides when too many skips should stop the run).
 """
 
 from collections.abc import Callable
@@ -17,24 +18,29 @@ from jaxtyping import Array, Int, PyTree
 class TrainState(eqx.Module):
     model: eqx.Module
     opt_state: PyTree
+    loss_state: PyTree
     step: Int[Array, ""]
     skipped: Int[Array, ""]
 
 
-def init_state(model: eqx.Module, optimizer: optax.GradientTransformation) -> TrainState:
+def init_state(model: eqx.Module, optimizer: optax.GradientTransformation,
+               loss_state: PyTree = None) -> TrainState:
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
-    return TrainState(model, opt_state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    return TrainState(model, opt_state, {} if loss_state is None else loss_state,
+                      jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
                     static_argnames: tuple[str, ...] = ()) -> Callable:
-    """step(state, batch, key, **static) -> (state, metrics) with
-    `loss_fn(model, batch, *, key, **static) -> (loss, metrics)`; the state is donated."""
+    """step(state, batch, key, **static) -> (state, metrics), the state donated, with
+    `loss_fn(model, loss_state, step, batch, *, key, **static) -> (loss, (metrics, loss_state))`.
+    """
 
     def step(state: TrainState, batch, key, **static):
-        grad_fn = eqx.filter_value_and_grad(lambda m: loss_fn(m, batch, key=key, **static),
-                                            has_aux=True)
-        (loss, metrics), grads = grad_fn(state.model)
+        grad_fn = eqx.filter_value_and_grad(
+            lambda m: loss_fn(m, state.loss_state, state.step, batch, key=key, **static),
+            has_aux=True)
+        (loss, (metrics, loss_state)), grads = grad_fn(state.model)
         params = eqx.filter(state.model, eqx.is_inexact_array)
         with jax.numpy_dtype_promotion("standard"):  # optax mixes weak and int32 scalars
             updates, opt_state = optimizer.update(grads, state.opt_state, params)
@@ -44,8 +50,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,
         keep = lambda new, old: jnp.where(finite, new, old) if eqx.is_array(new) else new
         model = jax.tree.map(keep, model, state.model)
         opt_state = jax.tree.map(keep, opt_state, state.opt_state)
-        state = TrainState(model, opt_state, state.step + 1,
+        loss_state = jax.tree.map(keep, loss_state, state.loss_state)
+        state = TrainState(model, opt_state, loss_state, state.step + 1,
                            state.skipped + (~finite).astype(jnp.int32))
-        return state, {**metrics, "grad_norm": grad_norm, "finite": finite}
+        return state, {**metrics, "grad_norm": grad_norm, "skipped": state.skipped}
 
     return jax.jit(step, donate_argnums=0, static_argnames=static_argnames)

@@ -1,0 +1,84 @@
+"""Tokenizer loss with running-RMS normalisation, on the shared `core.training` train step.
+
+Loss terms per batch: "mse" (pixel MSE of the reconstruction from MAE-masked input) and, when a
+`PerceptualNet` is given, "perceptual" (its mean distance). Spec ambiguity 7 is resolved as: each
+term L_k keeps an EMA of L_k^2 (decay `config.rms_decay`, zero start, Adam-style bias correction
+by 1 - decay^step, updated with the current batch before use); the optimised loss is
+sum_k w_k * L_k / sqrt(EMA_k), with w = 1 for "mse" and `config.perceptual_weight` for
+"perceptual". The divisor is a stop-gradient constant, so it rescales the loss and its gradient.
+"""
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from core import psnr
+from core.training import TrainState, init_state
+from core.training import make_train_step as make_core_step
+from tokenizer.model import Tokenizer, sample_mae_mask
+from tokenizer.patches import Video, as_float
+from tokenizer.perceptual import PerceptualNet
+
+Metrics = dict[str, Float[Array, ""]]
+
+
+def loss_terms(perceptual: PerceptualNet | None) -> tuple[str, ...]:
+    return ("mse",) if perceptual is None else ("mse", "perceptual")
+
+
+def init_train_state(
+    model: Tokenizer,
+    optimizer: optax.GradientTransformation,
+    *,
+    perceptual: PerceptualNet | None = None,
+) -> TrainState:
+    """A `core.training.TrainState` whose loss state is the EMA of each squared loss term."""
+    rms_sq = {name: jnp.zeros((), jnp.float32) for name in loss_terms(perceptual)}
+    return init_state(model, optimizer, loss_state=rms_sq)
+
+
+def tokenizer_loss(model: Tokenizer, rms_sq_old, step, video, *, key, perceptual=None):
+    """Normalised total loss, and (metrics, updated EMAs of the squared terms)."""
+    config = model.config
+    target = as_float(video)
+    batch, time = video.shape[:2]
+    mask, _ = sample_mae_mask((batch, time, config.n_patches), config.p_max, key=key)
+    recon = model.decode(model.encode(target, mask=mask))
+    terms = {"mse": jnp.mean(jnp.square(recon - target))}
+    if perceptual is not None:
+        terms["perceptual"] = jnp.mean(perceptual(recon, target))
+    weights = {"mse": 1.0, "perceptual": config.perceptual_weight}
+    decay, count = config.rms_decay, (step + 1).astype(jnp.float32)
+    rms_sq, total = {}, jnp.zeros((), jnp.float32)
+    for name, value in terms.items():
+        rms_sq[name] = decay * rms_sq_old[name] + (1 - decay) * jax.lax.stop_gradient(value) ** 2
+        unbiased = rms_sq[name] / (1.0 - jnp.power(jnp.float32(decay), count))
+        total = total + weights[name] * value / jnp.sqrt(unbiased + 1e-12)
+    metrics = dict(terms, loss=total, psnr=jnp.mean(psnr(jnp.clip(recon, 0.0, 1.0), target)))
+    return total, (metrics, rms_sq)
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation, *, perceptual: PerceptualNet | None = None
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """Returns `step(state, video, *, key) -> (state, metrics)`, compiled once per video shape.
+
+    `state` is donated (do not reuse it after the call); `video` [b, t, H, W, 3] (uint8, or
+    float in [0, 1]) is not. Metrics: "loss" (normalised total), each raw loss term, "psnr" (mean
+    per-frame PSNR of the masked-input reconstruction), "grad_norm" and "skipped".
+    """
+    loss = functools.partial(tokenizer_loss, perceptual=perceptual)
+    compiled = make_core_step(loss, optimizer)
+
+    def step(state: TrainState, video: Video, *, key: PRNGKeyArray) -> tuple[TrainState, Metrics]:
+        if set(state.loss_state) != set(loss_terms(perceptual)):
+            raise ValueError(f"train state tracks loss terms {sorted(state.loss_state)} but this "
+                             f"step computes {list(loss_terms(perceptual))}; build both with the "
+                             "same `perceptual`.")
+        return compiled(state, video, key)
+
+    return step
