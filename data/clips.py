@@ -178,16 +178,24 @@ def write_shard(
             episode_names.append(ref.name)
             starts.append(start)
     kept = len(starts)
-    final = os.path.join(out_dir, task.split, task.name)
+    save_shard(
+        os.path.join(out_dir, task.split, task.name),
+        {"frames": frames[:kept], "actions": actions[:kept], "has_action": has_action[:kept]},
+        {"episode": episode_names, "start": starts},
+    )
+    return kept, skipped
+
+
+def save_shard(final: str, arrays: dict[str, np.ndarray], clips: dict) -> None:
+    """Writes `arrays` as .npy files plus `clips` as clips.json into the folder `final`,
+    atomically: everything goes to a temporary folder that is renamed into place."""
     temp = f"{final}.tmp-{os.getpid()}"
     os.makedirs(temp)
-    np.save(os.path.join(temp, "frames.npy"), frames[:kept])
-    np.save(os.path.join(temp, "actions.npy"), actions[:kept])
-    np.save(os.path.join(temp, "has_action.npy"), has_action[:kept])
+    for key, value in arrays.items():
+        np.save(os.path.join(temp, f"{key}.npy"), value)
     with open(os.path.join(temp, "clips.json"), "w") as f:
-        json.dump({"episode": episode_names, "start": starts}, f)
+        json.dump(clips, f)
     os.rename(temp, final)
-    return kept, skipped
 
 
 def _plan_json(splits, tasks, settings, frame_size, action_spec) -> dict:
@@ -207,7 +215,8 @@ def _plan_json(splits, tasks, settings, frame_size, action_spec) -> dict:
     return json.loads(json.dumps(plan))
 
 
-def _write_json(path: str, value: dict) -> None:
+def write_json(path: str, value: dict) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
     temp = path + ".tmp"
     with open(temp, "w") as f:
         json.dump(value, f, indent=1)
@@ -250,7 +259,7 @@ def prepare_clips(
                 )
     else:
         os.makedirs(out_dir, exist_ok=True)
-        _write_json(
+        write_json(
             index_path, {"format": FORMAT, "version": VERSION, "plan": plan, "complete": False}
         )
     for split in splits:
@@ -287,7 +296,7 @@ def _finish_index(out_dir: str, tasks: Sequence[ShardTask], plan: dict, skipped)
         with open(os.path.join(out_dir, task.split, task.name, "clips.json")) as f:
             shards[task.split].append([task.name, len(json.load(f)["start"])])
     index.update(shards=shards, skipped=index.get("skipped", []) + skipped, complete=True)
-    _write_json(index_path, index)
+    write_json(index_path, index)
     if skipped:
         warnings.warn(
             f"skipped {len(skipped)} bad episode ranges while writing clips (skip_bad=True); "
@@ -315,9 +324,14 @@ def read_index(clips_dir: str) -> dict:
     return index
 
 
+SHARD_ARRAYS = ("frames", "latents", "actions", "has_action")
+
+
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
-    """A shard's arrays, memory-mapped read-only (no pickles allowed)."""
+    """A shard's arrays, memory-mapped read-only (no pickles allowed). Clip shards hold frames;
+    the latent shards that the launch's latents stage writes in the same layout hold latents."""
     return {
-        key: np.load(os.path.join(shard_dir, f"{key}.npy"), mmap_mode="r", allow_pickle=False)
-        for key in ("frames", "actions", "has_action")
+        key: np.load(path, mmap_mode="r", allow_pickle=False)
+        for key in SHARD_ARRAYS
+        if os.path.exists(path := os.path.join(shard_dir, f"{key}.npy"))
     }

@@ -9,7 +9,7 @@ evaluation all call it.
 Action kinds:
 - "continuous": float32 [..., dim] (CALVIN: 7-D relative end-effector action), linear projection;
 - "discrete": int32 [...] with `classes[0]` values (CoinRun: 15), embedding lookup;
-- "multi": int32 [..., parts], part p taking `classes[p]` values (Minecraft: binary keys and
+- "multipart": int32 [..., parts], part p taking `classes[p]` values (Minecraft: binary keys and
   buttons plus 121 camera classes), one embedding per part, summed.
 The encoding of an action is added to a learned base embedding.
 """
@@ -24,12 +24,12 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from core import Embedding, Linear
 from core.layers import expand_to
 
-KINDS = ("continuous", "discrete", "multi")
+KINDS = ("continuous", "discrete", "multipart")
 
 
 @dataclasses.dataclass(frozen=True)
 class ActionSpec:
-    """What an action looks like: `dim` for continuous, `classes` per part for discrete/multi."""
+    """An action layout: `dim` (continuous) or `classes` per part (discrete, multipart)."""
 
     kind: str
     dim: int = 0

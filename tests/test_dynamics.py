@@ -12,6 +12,7 @@ from dynamics import objectives
 from dynamics.actions import ActionEncoder, ActionSpec, align_actions
 from dynamics.model import Dynamics, DynamicsConfig
 from dynamics.sampler import generate, generate_uncached, next_frame
+from dynamics.toy import blob_latents
 
 CONTINUOUS = ActionSpec("continuous", dim=2)
 
@@ -40,7 +41,7 @@ def test_align_actions_shifts_by_one():
 @pytest.mark.parametrize("spec,actions", [
     (ActionSpec("continuous", dim=7), np.zeros((2, 3, 7), np.float32)),
     (ActionSpec("discrete", classes=(15,)), np.array([[0, 14, 3], [1, 2, 3]], np.int32)),
-    (ActionSpec("multi", classes=(2, 2, 121)), np.ones((2, 3, 3), np.int32)),
+    (ActionSpec("multipart", classes=(2, 2, 121)), np.ones((2, 3, 3), np.int32)),
 ])
 def test_action_encoders(spec, actions):
     enc = ActionEncoder(spec, 16, tokens=2, key=jax.random.key(0))
@@ -150,22 +151,6 @@ def test_action_at_step_t_changes_only_later_frames():
     frame = lambda t: t - 2  # generated frames start at frame 2
     np.testing.assert_array_equal(base[:, :frame(5)], other[:, :frame(5)])
     assert not np.allclose(base[:, frame(5)], other[:, frame(5)])
-
-
-def blob_latents(key, batch, time, grid=4):
-    """A Gaussian blob on a grid x grid token map whose velocity is the 2-D action."""
-    k_pos, k_act = jax.random.split(key)
-    pos = jax.random.uniform(k_pos, (batch, 2), minval=1.0, maxval=grid - 2.0)
-    actions = jax.random.uniform(k_act, (batch, time, 2), minval=-1.0, maxval=1.0)
-    cells = jnp.stack(jnp.meshgrid(jnp.arange(grid), jnp.arange(grid), indexing="ij"), -1)
-    cells = cells.reshape(-1, 2).astype(jnp.float32)
-    frames = []
-    for t in range(time):
-        dist = jnp.sum(jnp.square(cells[None] - pos[:, None]), -1)
-        frames.append(2.0 * jnp.exp(-dist / 1.5) - 1.0)
-        pos = jnp.clip(pos + 0.6 * actions[:, t], 0.0, grid - 1.0)
-    latents = jnp.stack(frames, axis=1)[..., None]  # [batch, time, grid * grid, 1]
-    return latents, actions
 
 
 def test_learns_action_conditioned_blob_motion():

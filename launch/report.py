@@ -1,0 +1,43 @@
+"""What users look at: side-by-side videos (mp4 and gif) and the PSNR-over-horizon plot."""
+
+import os
+
+import imageio.v2 as imageio
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+from matplotlib import pyplot as plt
+
+
+def side_by_side(truth: np.ndarray, imagined: np.ndarray, scale: int = 4) -> np.ndarray:
+    """uint8 [T, H, W, 3] pair -> [T, H*scale, 3*W*scale + gaps, 3]: truth | imagined | |diff|."""
+    diff = np.clip(np.abs(truth.astype(np.int16) - imagined.astype(np.int16)) * 3, 0, 255)
+    gap = np.full((*truth.shape[:2], 2, 3), 255, np.uint8)
+    row = np.concatenate([truth, gap, imagined, gap, diff.astype(np.uint8)], axis=2)
+    return row.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def write_videos(stem: str, frames: np.ndarray, fps: int = 8) -> list[str]:
+    """frames uint8 [T, H, W, 3] -> stem.mp4 and stem.gif; returns the paths."""
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    height, width = frames.shape[1:3]
+    padded = np.pad(frames, ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)))
+    imageio.mimwrite(f"{stem}.mp4", list(padded), fps=fps, macro_block_size=16)
+    imageio.mimwrite(f"{stem}.gif", list(frames), duration=1000 / fps, loop=0)
+    return [f"{stem}.mp4", f"{stem}.gif"]
+
+
+def plot_curves(path: str, curves: dict[str, list[float]], *, ylabel: str) -> str:
+    """One line per named curve over horizon steps 1..H."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, values in curves.items():
+        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    axis.set_xlabel("steps into the future")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path

@@ -1,0 +1,82 @@
+"""The main job: data -> tokenizer -> latents -> dynamics -> eval, each stage resumable.
+
+    python launch/run.py --config=configs/calvin.py [--workdir=runs/calvin]
+    python launch/run.py --config=configs/calvin.py:small --config.stages=dynamics,eval
+    python launch/run.py --config=configs/calvin.py --config.train.dynamics.steps=5000
+
+Re-running the same command after a crash or a kill resumes from the last complete checkpoint
+of the stage in progress (finished stages are skipped quickly). `--multihost` calls
+jax.distributed.initialize() first; run the same command on every host.
+"""
+
+import json
+import os
+import time
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from launch import settings
+from launch.distributed import make_mesh
+from launch.evaluate import eval_stage
+from launch.stages import (
+    Workdir,
+    data_stage,
+    dynamics_stage,
+    latents_stage,
+    tokenizer_stage,
+)
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where the run lives (default runs/<name>)")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
+
+
+def run(config, workdir: str) -> None:
+    started = time.perf_counter()
+    print(f"[run] {config.name}:{config.variant} ({config.variant_reason}); workdir {workdir}; "
+          f"{jax.device_count()} {jax.default_backend()} device(s)", flush=True)
+    try:
+        settings.validate(config, jax.device_count())
+        mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
+    except ValueError as error:
+        raise SystemExit(f"config error: {error}") from None
+    work = Workdir(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=1))
+    stage_fns = {
+        "data": lambda: data_stage(config, work),
+        "tokenizer": lambda: tokenizer_stage(config, work, mesh),
+        "latents": lambda: latents_stage(config, work, mesh),
+        "dynamics": lambda: dynamics_stage(config, work, mesh),
+        "eval": lambda: eval_stage(config, work, mesh),
+    }
+    timings = {}
+    for stage in settings.stages(config):
+        start = time.perf_counter()
+        print(f"[run] stage {stage}", flush=True)
+        stage_fns[stage]()
+        timings[stage] = round(time.perf_counter() - start, 1)
+        print(f"[run] stage {stage} done in {timings[stage]:.0f}s", flush=True)
+    timings["total"] = round(time.perf_counter() - started, 1)
+    with open(os.path.join(workdir, "timings.json"), "w") as f:
+        json.dump(timings, f, indent=1)
+    print(f"[run] finished in {timings['total']:.0f}s: {timings}", flush=True)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # keep orbax's per-checkpoint INFO lines out
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    config = _CONFIG.value
+    if config is None:
+        raise SystemExit("--config is required, e.g. --config=configs/calvin.py")
+    run(config, _WORKDIR.value or os.path.join("runs", f"{config.name}-{config.variant}"))
+
+
+if __name__ == "__main__":
+    app.run(main)

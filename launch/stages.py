@@ -1,0 +1,159 @@
+"""The stages of the main job. Each reads only what earlier stages wrote to the workdir.
+
+data       source (embedded simulator by default) -> <workdir>/clips (frames, actions)
+tokenizer  clips -> <workdir>/tokenizer (checkpoints of the MAE tokenizer)
+latents    clips + frozen encoder -> <workdir>/latents (same shard layout, latents not frames)
+dynamics   latents -> <workdir>/dynamics (checkpoints of the world model)
+eval       see launch/evaluate.py
+Every stage is resumable: finished work is found and skipped, checkpoints resume training.
+"""
+
+import dataclasses
+import json
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from core.training import init_state, make_train_step
+from data.clips import ClipSettings, open_shard, prepare_clips, read_index, save_shard, write_json
+from data.jobs import Progress
+from data.loader import make_loader
+from data.prepare import episode_splits
+from dynamics import Dynamics, align_actions, dynamics_loss
+from launch import settings
+from launch.trainer import make_optimizer, restore_state, train
+from tokenizer import Tokenizer, init_train_state, load_perceptual
+from tokenizer import make_train_step as make_tokenizer_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    root: str
+
+    def __getattr__(self, name: str) -> str:
+        if name in ("source", "clips", "tokenizer", "latents", "dynamics", "eval", "logs"):
+            return os.path.join(self.root, name)
+        raise AttributeError(name)
+
+
+def data_stage(config, work: Workdir) -> None:
+    data = config.data
+    path, frame_size = data.path, None
+    if data.format == "sim":
+        from data.sim_demos import SimSettings, generate_calvin_dataset  # needs pybullet
+
+        path = path or work.source
+        sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes,
+                          data.sim_episode_length, data.sim_render_size, config.seed)
+        print(f"[data] simulator episodes -> {path}", flush=True)
+        generate_calvin_dataset(path, sim, num_workers=data.workers)
+        frame_size = (data.sim_render_size,) * 2
+    kw = {"frame_size": frame_size} if frame_size else {}
+    splits = episode_splits("calvin" if data.format == "sim" else data.format, path,
+                            eval_fraction=data.eval_fraction, seed=config.seed,
+                            skip_bad=data.skip_bad, **kw)
+    clips = ClipSettings(data.clip_length, data.clip_stride, (data.image_size,) * 2)
+    print(f"[data] clips -> {work.clips}", flush=True)
+    index = prepare_clips(splits, work.clips, clips, num_workers=data.workers,
+                          skip_bad=data.skip_bad)
+    counts = {split: sum(n for _, n in shards) for split, shards in index["shards"].items()}
+    print(f"[data] clips per split: {counts}", flush=True)
+
+
+def _loader(config, folder: str, train, *, split="train"):
+    return make_loader(folder, split, batch_size=train.batch // jax.process_count(),
+                       seq_lengths=tuple(train.seq_lengths),
+                       length_weights=tuple(train.length_weights) or None, seed=config.seed,
+                       process_index=jax.process_index(), process_count=jax.process_count(),
+                       num_threads=config.data.loader_threads)
+
+
+def _perceptual(config):
+    path = config.tokenizer.perceptual_weights
+    return load_perceptual(path) if path else None
+
+
+def new_tokenizer_state(config):
+    model = Tokenizer(settings.tokenizer_config(config), key=jax.random.key(config.seed))
+    optimizer = make_optimizer(config.train.tokenizer)
+    return init_train_state(model, optimizer, perceptual=_perceptual(config)), optimizer
+
+
+def tokenizer_stage(config, work: Workdir, mesh) -> None:
+    state, optimizer = new_tokenizer_state(config)
+    step = make_tokenizer_step(optimizer, perceptual=_perceptual(config))
+    train("tokenizer", work.root, state, lambda s, b, k: step(s, b["frames"], key=k),
+          _loader(config, work.clips, config.train.tokenizer), config.train.tokenizer, mesh,
+          key=jax.random.key(config.seed + 1))
+
+
+def trained_tokenizer(config, work: Workdir, mesh) -> Tokenizer:
+    state = restore_state(work.tokenizer, new_tokenizer_state(config)[0], mesh)
+    if state is None:
+        raise FileNotFoundError(f"no tokenizer checkpoint in {work.tokenizer}; run the "
+                                "'tokenizer' stage first (--config.stages=tokenizer).")
+    return state.model
+
+
+def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
+    """Encodes every clip of every split once with the frozen encoder (resumable per shard)."""
+    index = read_index(work.clips)
+    encoder = trained_tokenizer(config, work, mesh)
+    encode = eqx.filter_jit(lambda model, frames: model.encode(frames))
+    shards = [(split, name) for split, listed in index["shards"].items() for name, n in listed
+              if n > 0]
+    progress = Progress("[latents] encoding", len(shards), "shards")
+    for split, name in shards:
+        final = os.path.join(work.latents, split, name)
+        if not os.path.isdir(final):
+            arrays = open_shard(os.path.join(work.clips, split, name))
+            frames = arrays["frames"]
+            latents = np.concatenate([np.asarray(encode(encoder, jnp.asarray(frames[i:i + batch])))
+                                      for i in range(0, len(frames), batch)])
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            with open(os.path.join(work.clips, split, name, "clips.json")) as f:
+                clips = json.load(f)
+            save_shard(final, {"latents": latents.astype(np.float32),
+                               "actions": np.asarray(arrays["actions"]),
+                               "has_action": np.asarray(arrays["has_action"])}, clips)
+        progress.update()
+    write_json(os.path.join(work.latents, "index.json"), index)
+
+
+def dynamics_model(config, work: Workdir) -> Dynamics:
+    action_shape = tuple(read_index(work.latents)["plan"]["action"]["shape"])
+    spec = settings.action_spec(config, action_shape)
+    return Dynamics(settings.dynamics_config(config, spec), key=jax.random.key(config.seed + 2))
+
+
+def dynamics_loss_fn(config):
+    train = config.train.dynamics
+
+    def loss_fn(model, loss_state, step, batch, *, key, bootstrap_rows):
+        actions, has_action = align_actions(batch["actions"], batch["has_action"])
+        loss, metrics = dynamics_loss(
+            model, batch["latents"], actions, has_action, key=key, objective=train.objective,
+            bootstrap_rows=bootstrap_rows, mean_fraction=train.mean_fraction,
+            image_fraction=train.image_fraction)
+        return loss, (metrics, loss_state)
+
+    return loss_fn
+
+
+def new_dynamics_state(config, work: Workdir):
+    return init_state(dynamics_model(config, work), make_optimizer(config.train.dynamics))
+
+
+def dynamics_stage(config, work: Workdir, mesh) -> None:
+    train_config = config.train.dynamics
+    step = make_train_step(dynamics_loss_fn(config), make_optimizer(train_config),
+                           static_argnames=("bootstrap_rows",))
+    rows = round(train_config.bootstrap_fraction * train_config.batch)
+    train("dynamics", work.root, new_dynamics_state(config, work), step,
+          _loader(config, work.latents, train_config), train_config, mesh,
+          key=jax.random.key(config.seed + 3),
+          step_kwargs=lambda i: {"bootstrap_rows": rows if i >= train_config.bootstrap_start
+                                 else 0})
