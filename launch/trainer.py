@@ -59,6 +59,7 @@ def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
         return state
     writer = SummaryWriter(os.path.join(workdir, "logs", name))
     last_time, last_step, last_skipped = time.perf_counter(), start, int(state.skipped)
+    streak = 0  # consecutive skipped steps known so far
     for step in range(start, total):
         batch = process_batch(mesh, next(loader))
         state, metrics = step_fn(state, batch, jax.random.fold_in(key, step), **step_kwargs(step))
@@ -68,22 +69,24 @@ def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
             now = time.perf_counter()
             rate = (done - last_step) / (now - last_time)
             skipped = int(metrics.pop("skipped"))
+            streak = streak + (done - last_step) if skipped - last_skipped == done - last_step \
+                else 0
             terms = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             print(f"[{name}] step {done}/{total} {terms} skipped {skipped} | {rate:.2f} steps/s "
                   f"ETA {_eta((total - done) / rate)}", flush=True)
             for k, v in metrics.items():
                 writer.add_scalar(f"{name}/{k}", v, done)
             writer.add_scalar(f"{name}/steps_per_second", rate, done)
-            if (skipped - last_skipped == done - last_step
-                    and done - last_step >= train.max_skipped_in_a_row):
+            if streak >= train.max_skipped_in_a_row:
                 writer.close()
                 raise FloatingPointError(
-                    f"[{name}] every one of the last {done - last_step} steps had a non-finite "
-                    f"loss or gradient; stopping. The newest checkpoint in "
-                    f"{checkpoints.manager.directory} is from before; lower "
-                    f"config.train.{name}.lr or check the data.")
+                    f"[{name}] the last {streak} steps all had a non-finite loss or gradient; "
+                    f"stopping. The newest checkpoint in {checkpoints.manager.directory} is from "
+                    f"before them; lower config.train.{name}.lr or check the data.")
             last_time, last_step, last_skipped = now, done, skipped
         if done % train.checkpoint_every == 0 or done == total:
-            checkpoints.save(done, state, loader.get_state())
+            new_skips = int(state.skipped) - last_skipped
+            if streak == 0 and not (new_skips and new_skips == done - last_step):
+                checkpoints.save(done, state, loader.get_state())
     writer.close()
     return state
