@@ -4,6 +4,9 @@ Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally `actions` (
 continuous, int32 [T] discrete or int32 [T, P] multi-part), where `actions[t]` is the action taken
 after seeing `frames[t]`. Files are read with `allow_pickle=False`. All episodes must share one
 frame size and one action layout; episodes without actions are allowed (stored as unlabeled).
+
+Generators (CoinRun, Craftax) write this format with `write_episode` as `episode_%06d.npz`,
+compressed, and resume with `pending_episodes`.
 """
 
 import dataclasses
@@ -19,6 +22,7 @@ from data.episode import (
     SkipLog,
     npz_member_shapes,
 )
+from data.jobs import claim_folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,3 +123,25 @@ def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
     if not episodes:
         raise DataError(f"{folder}: every episode file was bad and skipped; nothing to read")
     return episodes
+
+
+def episode_file(folder: str, index: int) -> str:
+    """Where generators write episode `index` of `folder`."""
+    return os.path.join(folder, f"episode_{index:06d}.npz")
+
+
+def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None) -> None:
+    """Writes one compressed episode file atomically: to a temporary name that does not end in
+    .npz (so no reader lists it), then renamed into place."""
+    arrays = {"frames": frames} if actions is None else {"frames": frames, "actions": actions}
+    temp = path + ".tmp"
+    with open(temp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    os.replace(temp, path)
+
+
+def pending_episodes(folder: str, settings_file: str, settings: dict, count: int) -> list[int]:
+    """Claims `folder` for a resumable generator (`data.jobs.claim_folder`) and returns the
+    indices in [0, count) whose episode file is not written yet."""
+    claim_folder(folder, settings_file, settings)
+    return [k for k in range(count) if not os.path.exists(episode_file(folder, k))]

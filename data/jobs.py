@@ -1,10 +1,14 @@
 """Long data jobs: run over spawned worker processes, with progress lines (done/total, rate and
-time left, at most every few seconds)."""
+time left, at most every few seconds), writing into output folders that a repeated run resumes."""
 
+import json
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+
+from data.episode import DataError
 
 
 class Progress:
@@ -49,3 +53,19 @@ def run_jobs(
         return
     with multiprocessing.get_context("spawn").Pool(min(num_workers, len(jobs))) as pool:
         yield from zip(jobs, pool.imap(function, jobs), strict=True)
+
+
+def claim_folder(root: str, settings_file: str, settings: dict) -> None:
+    """Makes `root` the output folder of a resumable generator run with `settings` (JSON values),
+    recorded in `root/settings_file`; raises DataError if an earlier run there used other ones."""
+    path = os.path.join(root, settings_file)
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f) != settings:
+                raise DataError(
+                    f"{root} holds data generated with other settings (see {path}); use a new "
+                    "folder, or delete this one to generate it again"
+                )
+    os.makedirs(root, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(settings, f, indent=1)

@@ -4,9 +4,13 @@
         --length=16 --stride=8 --image_size=64 --workers=2
 
 `--format`: `calvin` (a CALVIN root: training/ and, if present, validation/ as the eval split),
-`episodes` (a folder of .npz episodes; eval episodes held out by `--eval_fraction`), or `sim`
-(generates the embedded simulator's demonstrations in CALVIN format at `--path` first, resumably).
-Re-running the same command resumes both steps.
+`episodes` (a folder of .npz episodes), `vpt` (a folder of Minecraft VPT <id>.mp4 + <id>.jsonl
+segments, decoded at `--image_size`, default 224x384), or a generator that first writes its data
+at `--path`, resumably: `sim` (the embedded simulator's demonstrations in CALVIN format),
+`coinrun` (procgen CoinRun, random actions) or `craftax` (Craftax, sticky random actions), the
+last two as .npz episodes (`--gen_episodes`, `--gen_max_length`). Sources without their own
+validation split hold out `--eval_fraction` of their episodes. Re-running the same command
+resumes both steps.
 """
 
 import os
@@ -15,11 +19,15 @@ from absl import app, flags
 
 from data.calvin import CALVIN_FRAME_SIZE, calvin_episodes
 from data.clips import ClipSettings, hold_out_episodes, prepare_clips
+from data.coinrun import CoinRunSettings, generate_coinrun
+from data.craftax import CraftaxSettings, generate_craftax
 from data.episode import EpisodeRef
 from data.episodes import npz_episodes
 from data.sim_demos import SimSettings, generate_calvin_dataset
+from data.vpt import VPT_FRAME_SIZE, vpt_episodes
 
-FORMATS = ("calvin", "episodes", "sim")
+FORMATS = ("calvin", "episodes", "sim", "vpt", "coinrun", "craftax")
+NPZ_FORMATS = ("episodes", "coinrun", "craftax")  # read as a folder of .npz episodes
 
 
 def episode_splits(
@@ -29,17 +37,22 @@ def episode_splits(
     eval_fraction: float = 0.05,
     seed: int = 0,
     skip_bad: bool = False,
-    frame_size: tuple[int, int] = CALVIN_FRAME_SIZE,
+    frame_size: tuple[int, int] | None = None,
 ) -> dict[str, list[EpisodeRef]]:
     """{"train": [...], "eval": [...]} episodes of a source, split by episode.
 
-    CALVIN-layout sources (`calvin`, `sim`, whose frames are `frame_size`) use their validation/
-    folder as eval when it exists; otherwise `eval_fraction` of the episodes is held out.
+    CALVIN-layout sources (`calvin`, `sim`, whose frames are `frame_size`, default 200x200) use
+    their validation/ folder as eval when it exists; `vpt` decodes frames at `frame_size`
+    (default 224x384); otherwise `eval_fraction` of the episodes is held out.
     """
-    if data_format == "episodes":
-        return hold_out_episodes(npz_episodes(path, skip_bad=skip_bad), eval_fraction, seed)
     if data_format not in FORMATS:
         raise ValueError(f"unknown data format {data_format!r}; use one of {FORMATS}")
+    if data_format in NPZ_FORMATS:
+        return hold_out_episodes(npz_episodes(path, skip_bad=skip_bad), eval_fraction, seed)
+    if data_format == "vpt":
+        episodes = vpt_episodes(path, frame_size=frame_size or VPT_FRAME_SIZE, skip_bad=skip_bad)
+        return hold_out_episodes(episodes, eval_fraction, seed)
+    frame_size = frame_size or CALVIN_FRAME_SIZE
     train = calvin_episodes(path, "training", frame_size=frame_size, skip_bad=skip_bad)
     if not os.path.isdir(os.path.join(path, "validation")):
         return hold_out_episodes(train, eval_fraction, seed)
@@ -48,41 +61,49 @@ def episode_splits(
 
 
 _FORMAT = flags.DEFINE_enum("format", "sim", FORMATS, "source format")
-_PATH = flags.DEFINE_string("path", None, "source folder (for sim: where to generate it)")
+_PATH = flags.DEFINE_string("path", None, "source folder (generators: where to write it)")
 _OUT = flags.DEFINE_string("out", None, "output folder for the clips")
 _LENGTH = flags.DEFINE_integer("length", 16, "frames per clip")
 _STRIDE = flags.DEFINE_integer("stride", 16, "frames between clip starts")
 _IMAGE_SIZE = flags.DEFINE_list("image_size", None, "resize to H,W (or one number); none: keep")
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 64, "clips per shard")
 _EVAL_FRACTION = flags.DEFINE_float("eval_fraction", 0.05, "held-out episode fraction")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the held-out split and the simulator")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the held-out split and generators")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "worker processes")
 _SKIP_BAD = flags.DEFINE_bool("skip_bad", False, "leave bad files out (with a warning count)")
 _SIM_TRAIN = flags.DEFINE_integer("sim_train_episodes", 64, "sim: training episodes")
 _SIM_EVAL = flags.DEFINE_integer("sim_eval_episodes", 8, "sim: validation episodes")
 _SIM_LENGTH = flags.DEFINE_integer("sim_episode_length", 120, "sim: frames per episode")
 _SIM_RENDER = flags.DEFINE_integer("sim_render_size", 200, "sim: rendered frame side")
+_GEN_EPISODES = flags.DEFINE_integer("gen_episodes", 100, "coinrun/craftax: episodes")
+_GEN_MAX_LENGTH = flags.DEFINE_integer("gen_max_length", 1000, "coinrun/craftax: frames at most")
+_CRAFTAX_CLASSIC = flags.DEFINE_bool("craftax_classic", True, "craftax: Classic (else full)")
 
 
 def main(argv):
     del argv
-    frame_size = CALVIN_FRAME_SIZE
+    size = [int(v) for v in _IMAGE_SIZE.value or []]
+    image_size = tuple(size * 2 if len(size) == 1 else size) or None
+    frame_size = image_size if _FORMAT.value == "vpt" else None  # decode VPT at the clip size
     if _FORMAT.value == "sim":
-        settings = SimSettings(
+        sim = SimSettings(
             _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value
         )
-        generate_calvin_dataset(_PATH.value, settings, num_workers=_WORKERS.value)
+        generate_calvin_dataset(_PATH.value, sim, num_workers=_WORKERS.value)
         frame_size = (_SIM_RENDER.value, _SIM_RENDER.value)
+    elif _FORMAT.value == "coinrun":
+        coinrun = CoinRunSettings(_GEN_EPISODES.value, _GEN_MAX_LENGTH.value, _SEED.value)
+        generate_coinrun(_PATH.value, coinrun, num_workers=_WORKERS.value)
+    elif _FORMAT.value == "craftax":
+        craftax = CraftaxSettings(
+            _GEN_EPISODES.value, _GEN_MAX_LENGTH.value, _SEED.value, _CRAFTAX_CLASSIC.value
+        )
+        generate_craftax(_PATH.value, craftax)
     splits = episode_splits(
         _FORMAT.value, _PATH.value, eval_fraction=_EVAL_FRACTION.value, seed=_SEED.value,
         skip_bad=_SKIP_BAD.value, frame_size=frame_size,
     )  # fmt: skip
-    image_size = [int(v) for v in _IMAGE_SIZE.value] if _IMAGE_SIZE.value else None
-    settings = ClipSettings(
-        _LENGTH.value, _STRIDE.value,
-        tuple(image_size * 2 if len(image_size) == 1 else image_size) if image_size else None,
-        _CLIPS_PER_SHARD.value,
-    )  # fmt: skip
+    settings = ClipSettings(_LENGTH.value, _STRIDE.value, image_size, _CLIPS_PER_SHARD.value)
     index = prepare_clips(
         splits, _OUT.value, settings, num_workers=_WORKERS.value, skip_bad=_SKIP_BAD.value
     )

@@ -16,14 +16,12 @@ the number of worker processes; finished episodes are kept when a run is repeate
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
 from data.calvin import frame_path, write_calvin_frame, write_segments
-from data.episode import DataError
-from data.jobs import Progress, run_jobs
+from data.jobs import Progress, claim_folder, run_jobs
 from data.sim import (
     BLOCK_HALF,
     DOWN,
@@ -171,20 +169,10 @@ def generate_calvin_dataset(
 
     Raises DataError if `root` holds a simulated dataset made with other settings.
     """
-    settings_path = os.path.join(root, "simulator.json")
-    wanted = dataclasses.asdict(settings)
-    if os.path.exists(settings_path):
-        with open(settings_path) as f:
-            if json.load(f) != wanted:
-                raise DataError(
-                    f"{root} holds a simulated dataset made with other settings; use a new "
-                    "folder, or delete this one to generate it again"
-                )
+    claim_folder(root, "simulator.json", dataclasses.asdict(settings))
     splits = [split for split in SPLITS if settings.episodes(split) > 0]
     for split in splits:
         os.makedirs(os.path.join(root, split), exist_ok=True)
-    with open(settings_path, "w") as f:
-        json.dump(wanted, f, indent=1)
     length = settings.episode_length
     jobs = [
         (root, split, k, settings)

@@ -1,0 +1,72 @@
+"""CoinRun generator: .npz episodes whose actions replay to the stored frames, deterministic over
+worker counts, resumable; and the install message when procgen is missing."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from data.coinrun import COINRUN_ACTIONS, CoinRunSettings, generate_coinrun
+from data.episode import ActionSpec, DataError, read_episode
+from data.prepare import episode_splits
+
+
+def test_missing_procgen_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "procgen", None)
+    with pytest.raises(
+        ImportError, match=r"pip install --no-deps procgen-mirror gym3 gym==0\.26\.2"
+    ):
+        generate_coinrun(str(tmp_path), CoinRunSettings(episodes=1))
+    assert not os.listdir(tmp_path)  # nothing claimed before the check
+
+
+def read_all(folder):
+    return {
+        name: dict(np.load(os.path.join(folder, name)))
+        for name in sorted(os.listdir(folder))
+        if name.endswith(".npz")
+    }
+
+
+def test_coinrun_episodes_replay_deterministic_resumable(tmp_path):
+    procgen = pytest.importorskip("procgen")
+    settings = CoinRunSettings(episodes=3, max_length=1000, seed=5)
+    generate_coinrun(str(tmp_path / "a"), settings, progress=False)
+    splits = episode_splits("coinrun", str(tmp_path / "a"), eval_fraction=0.34)
+    episodes = sorted(splits["train"] + splits["eval"], key=lambda e: e.name)
+    assert [e.name for e in episodes] == ["episode_000000", "episode_000001", "episode_000002"]
+    assert {e.action_spec for e in episodes} == {ActionSpec("discrete", ())}
+    assert {e.frame_size for e in episodes} == {(64, 64)}
+
+    for k, episode in enumerate(episodes):
+        frames, actions = read_episode(episode)
+        assert frames.dtype == np.uint8 and actions.dtype == np.int32
+        assert 1 < len(frames) <= 1000 and len(actions) == len(frames)
+        # Level and actions are the documented draws of default_rng((seed, k)) ...
+        rng = np.random.default_rng((5, k))
+        level = int(rng.integers(2**31 - 1))
+        np.testing.assert_array_equal(actions, rng.integers(COINRUN_ACTIONS, size=len(actions)))
+        # ... and actions[t], taken after frames[t], leads to frames[t + 1].
+        env = procgen.ProcgenGym3Env(num=1, env_name="coinrun", start_level=level, num_levels=1)
+        _, observation, _ = env.observe()
+        np.testing.assert_array_equal(observation["rgb"][0], frames[0])
+        for t in range(len(frames) - 1):
+            env.act(actions[t : t + 1])
+            _, observation, first = env.observe()
+            assert not first[0]
+            np.testing.assert_array_equal(observation["rgb"][0], frames[t + 1], err_msg=str(t))
+        if len(frames) < 1000:  # ended by the game: the last action starts the next level
+            env.act(actions[-1:])
+            assert env.observe()[2][0]
+
+    os.remove(tmp_path / "a" / "episode_000001.npz")  # as if interrupted
+    generate_coinrun(str(tmp_path / "a"), settings, progress=False)
+    generate_coinrun(str(tmp_path / "b"), settings, num_workers=2, progress=False)
+    a, b = read_all(tmp_path / "a"), read_all(tmp_path / "b")
+    assert a.keys() == b.keys() and len(a) == 3
+    for name in a:
+        for key in ("frames", "actions"):
+            np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=name + key)
+    with pytest.raises(DataError, match="other settings"):
+        generate_coinrun(str(tmp_path / "a"), CoinRunSettings(episodes=3, seed=6))
