@@ -50,8 +50,8 @@ def get_config(variant: str | None = None):
         config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
                                     registers=2, k_max=16))
         tok, dyn = config.train.tokenizer, config.train.dynamics
-        tok.update(dict(steps=1200, batch=8, seq_lengths=(4,), lr=1e-3, warmup_steps=100,
-                        decay_steps=300, checkpoint_every=300, log_every=50))
+        tok.update(dict(steps=800, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
+                        warmup_steps=50, decay_steps=200, checkpoint_every=200, log_every=50))
         dyn.update(dict(steps=1500, batch=16, seq_lengths=(8, 24), length_weights=(0.75, 0.25),
                         lr=1e-3, warmup_steps=100, decay_steps=300, bootstrap_start=750,
                         checkpoint_every=500, log_every=50))

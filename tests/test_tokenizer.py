@@ -319,3 +319,10 @@ def test_small_tokenizer_overfits_moving_shapes():
           f"in {time.perf_counter() - start:.1f} s")
     assert psnr.min() >= 28.0
     assert abs(float(metrics["psnr"]) - psnr.mean()) < 3.0  # the step's PSNR tracks the same
+
+
+def test_region_matrix_hand_case():
+    from tokenizer.model import region_matrix
+
+    np.testing.assert_allclose(region_matrix(2, 4), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    np.testing.assert_allclose(region_matrix(3, 4), [[0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])

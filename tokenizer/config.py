@@ -31,6 +31,7 @@ class TokenizerConfig:
     dec_time_every: int = 2
     mlp_ratio: float = 4.0
     p_max: float = 0.9
+    region_skip: bool = True
     perceptual_weight: float = 0.2
     rms_decay: float = 0.99
     remat: bool = False
