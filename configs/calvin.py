@@ -14,15 +14,14 @@ small: 48x48 frames, a few minutes per stage on 2 CPU cores.
 tiny: seconds per stage, for tests.
 """
 
-from configs.common import base_config, choose_variant
+from configs.common import base_config, choose_variant, small_cpu_sizes, tiny_test_sizes
 
 
 def get_config(variant: str | None = None):
     variant, why = choose_variant(variant)
     config = base_config("calvin", variant, why)
-    config.data.action_kind = "continuous"
     if variant == "full":
-        config.data.update(dict(image_size=96, clip_length=96, clip_stride=48,
+        config.data.update(dict(image_size=(96, 96), clip_length=96, clip_stride=48,
                                 sim_train_episodes=512, sim_eval_episodes=32,
                                 sim_episode_length=240))
         config.tokenizer.update(dict(patch=16, n_latents=32, latent_dim=32, enc_width=512,
@@ -40,37 +39,9 @@ def get_config(variant: str | None = None):
                         bootstrap_fraction=0.5, checkpoint_every=2000, log_every=100))
         config.eval.update(dict(context_frames=16, horizon=32, rollouts=64, batch=16))
     elif variant == "small":
-        config.data.update(dict(image_size=48, clip_length=32, clip_stride=16,
-                                sim_train_episodes=36, sim_eval_episodes=6,
+        small_cpu_sizes(config, image_size=48, patch=6)
+        config.data.update(dict(sim_train_episodes=36, sim_eval_episodes=6,
                                 sim_episode_length=96, sim_render_size=96))
-        config.tokenizer.update(dict(patch=6, n_latents=16, latent_dim=16, enc_width=128,
-                                     enc_depth=2, enc_heads=4, enc_kv_heads=2, enc_time_every=2,
-                                     dec_width=128, dec_depth=2, dec_heads=4, dec_kv_heads=2,
-                                     dec_time_every=2, p_max=0.5))
-        config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
-                                    registers=2, k_max=16))
-        tok, dyn = config.train.tokenizer, config.train.dynamics
-        tok.update(dict(steps=800, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
-                        warmup_steps=50, decay_steps=200, checkpoint_every=200, log_every=50))
-        dyn.update(dict(steps=1500, batch=16, seq_lengths=(8, 24), length_weights=(0.75, 0.25),
-                        lr=1e-3, warmup_steps=100, decay_steps=300, bootstrap_start=750,
-                        checkpoint_every=500, log_every=50))
-        config.eval.update(dict(context_frames=8, horizon=16, rollouts=12, batch=12))
-    else:  # tiny
-        config.data.update(dict(image_size=16, clip_length=12, clip_stride=12,
-                                sim_train_episodes=4, sim_eval_episodes=2,
-                                sim_episode_length=24, sim_render_size=32, workers=1))
-        config.tokenizer.update(dict(patch=4, n_latents=4, latent_dim=8, enc_width=32,
-                                     enc_depth=2, enc_heads=2, enc_kv_heads=1, dec_width=32,
-                                     dec_depth=2, dec_heads=2, dec_kv_heads=1))
-        config.dynamics.update(dict(width=32, depth=2, heads=2, kv_heads=1, time_every=2,
-                                    registers=1, k_max=4))
-        tok, dyn = config.train.tokenizer, config.train.dynamics
-        tok.update(dict(steps=6, batch=2, seq_lengths=(4,), log_every=2, checkpoint_every=3,
-                        warmup_steps=2, decay_steps=2))
-        dyn.update(dict(steps=6, batch=2, seq_lengths=(4, 8), length_weights=(0.5, 0.5),
-                        log_every=2, checkpoint_every=3, warmup_steps=2, decay_steps=2,
-                        bootstrap_start=3))
-        config.eval.update(dict(context_frames=4, horizon=4, rollouts=2, batch=2, videos=1,
-                                speed_frames=2))
+    else:
+        tiny_test_sizes(config)
     return config

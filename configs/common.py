@@ -1,10 +1,12 @@
 """The config tree shared by every dataset config, and the variant choice.
 
 Fields (every size lives here, none in code):
-- data: source `format` / `path` (empty path: the dataset's embedded default, generated under the
-  workdir), frame `image_size`, clip `clip_length` / `clip_stride`, held-out `eval_fraction`,
-  `workers`, `skip_bad`, the action layout (`action_kind`, `action_classes` for discrete and
-  multi-part actions), and the embedded simulator's episode counts;
+- data: source `format` / `path` (generator formats sim, coinrun, craftax write their data to
+  `path`, by default `<workdir>/source`), frame `image_size` (side, or (height, width)), clip
+  `clip_length` / `clip_stride`, held-out `eval_fraction`, `workers`, `skip_bad`,
+  `action_classes` (class count per part of discrete or multi-part actions; empty: the source's
+  own), and the generators' sizes (`sim_*`, `gen_episodes`, `gen_max_length`,
+  `craftax_classic`);
 - tokenizer: `tokenizer.TokenizerConfig` fields (image_size comes from data);
 - dynamics: `dynamics.DynamicsConfig` fields (latent sizes and actions come from tokenizer/data);
 - train.tokenizer / train.dynamics: steps, batch, sequence lengths, optimizer and schedule,
@@ -46,10 +48,10 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     config.seed = 0
     config.stages = "data,tokenizer,latents,dynamics,eval"
     config.data = ml_collections.ConfigDict(dict(
-        format="sim", path="", image_size=64, clip_length=32, clip_stride=16, eval_fraction=0.1,
-        workers=2, skip_bad=False, action_kind="continuous", action_classes=(),
+        format="sim", path="", image_size=(64, 64), clip_length=32, clip_stride=16,
+        eval_fraction=0.1, workers=2, skip_bad=False, action_classes=(),
         sim_train_episodes=64, sim_eval_episodes=8, sim_episode_length=120, sim_render_size=200,
-        loader_threads=2,
+        gen_episodes=100, gen_max_length=1000, craftax_classic=True, loader_threads=2,
     ))
     config.tokenizer = ml_collections.ConfigDict(dict(
         patch=8, n_latents=16, latent_dim=32, enc_width=128, enc_depth=4, enc_heads=4,
@@ -75,3 +77,41 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return config
+
+
+def small_cpu_sizes(config, *, image_size, patch: int) -> None:
+    """Sizes that train in minutes on 2 CPU cores (the `small` variants)."""
+    config.data.update(dict(image_size=(image_size, image_size), clip_length=32, clip_stride=16))
+    config.tokenizer.update(dict(patch=patch, n_latents=16, latent_dim=16, enc_width=128,
+                                 enc_depth=2, enc_heads=4, enc_kv_heads=2, enc_time_every=2,
+                                 dec_width=128, dec_depth=2, dec_heads=4, dec_kv_heads=2,
+                                 dec_time_every=2, p_max=0.5))
+    config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
+                                registers=2, k_max=16))
+    config.train.tokenizer.update(dict(steps=800, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
+                                       warmup_steps=50, decay_steps=200, checkpoint_every=200,
+                                       log_every=50))
+    config.train.dynamics.update(dict(steps=1500, batch=16, seq_lengths=(8, 24),
+                                      length_weights=(0.75, 0.25), lr=1e-3, warmup_steps=100,
+                                      decay_steps=300, bootstrap_start=750,
+                                      checkpoint_every=500, log_every=50))
+    config.eval.update(dict(context_frames=8, horizon=16, rollouts=12, batch=12))
+
+
+def tiny_test_sizes(config) -> None:
+    """Seconds per stage: the `tiny` variants used by the tests."""
+    config.data.update(dict(image_size=(16, 16), clip_length=12, clip_stride=12, workers=1,
+                            sim_train_episodes=4, sim_eval_episodes=2, sim_episode_length=24,
+                            sim_render_size=32, gen_episodes=6, gen_max_length=24))
+    config.tokenizer.update(dict(patch=4, n_latents=4, latent_dim=8, enc_width=32, enc_depth=2,
+                                 enc_heads=2, enc_kv_heads=1, dec_width=32, dec_depth=2,
+                                 dec_heads=2, dec_kv_heads=1))
+    config.dynamics.update(dict(width=32, depth=2, heads=2, kv_heads=1, time_every=2,
+                                registers=1, k_max=4))
+    config.train.tokenizer.update(dict(steps=6, batch=2, seq_lengths=(4,), log_every=2,
+                                       checkpoint_every=3, warmup_steps=2, decay_steps=2))
+    config.train.dynamics.update(dict(steps=6, batch=2, seq_lengths=(4, 8),
+                                      length_weights=(0.5, 0.5), log_every=2, checkpoint_every=3,
+                                      warmup_steps=2, decay_steps=2, bootstrap_start=3))
+    config.eval.update(dict(context_frames=4, horizon=4, rollouts=2, batch=2, videos=1,
+                            speed_frames=2))

@@ -60,6 +60,30 @@ def episode_splits(
     return {"train": train, "eval": held}
 
 
+def generate_source(
+    data_format: str,
+    path: str,
+    *,
+    seed: int = 0,
+    workers: int = 1,
+    sim: SimSettings | None = None,
+    episodes: int = 100,
+    max_length: int = 1000,
+    craftax_classic: bool = True,
+) -> tuple[int, int] | None:
+    """Runs the generator of `sim`, `coinrun` or `craftax` at `path` (resumable; nothing for
+    other formats). Returns the frame size its episodes have when the reader must be told (sim)."""
+    if data_format == "sim":
+        sim = sim or SimSettings(seed=seed)
+        generate_calvin_dataset(path, sim, num_workers=workers)
+        return (sim.image_size, sim.image_size)
+    if data_format == "coinrun":
+        generate_coinrun(path, CoinRunSettings(episodes, max_length, seed), num_workers=workers)
+    elif data_format == "craftax":
+        generate_craftax(path, CraftaxSettings(episodes, max_length, seed, craftax_classic))
+    return None
+
+
 _FORMAT = flags.DEFINE_enum("format", "sim", FORMATS, "source format")
 _PATH = flags.DEFINE_string("path", None, "source folder (generators: where to write it)")
 _OUT = flags.DEFINE_string("out", None, "output folder for the clips")
@@ -84,21 +108,16 @@ def main(argv):
     del argv
     size = [int(v) for v in _IMAGE_SIZE.value or []]
     image_size = tuple(size * 2 if len(size) == 1 else size) or None
-    frame_size = image_size if _FORMAT.value == "vpt" else None  # decode VPT at the clip size
-    if _FORMAT.value == "sim":
-        sim = SimSettings(
-            _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value
-        )
-        generate_calvin_dataset(_PATH.value, sim, num_workers=_WORKERS.value)
-        frame_size = (_SIM_RENDER.value, _SIM_RENDER.value)
-    elif _FORMAT.value == "coinrun":
-        coinrun = CoinRunSettings(_GEN_EPISODES.value, _GEN_MAX_LENGTH.value, _SEED.value)
-        generate_coinrun(_PATH.value, coinrun, num_workers=_WORKERS.value)
-    elif _FORMAT.value == "craftax":
-        craftax = CraftaxSettings(
-            _GEN_EPISODES.value, _GEN_MAX_LENGTH.value, _SEED.value, _CRAFTAX_CLASSIC.value
-        )
-        generate_craftax(_PATH.value, craftax)
+    sim = SimSettings(
+        _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value
+    )
+    frame_size = generate_source(
+        _FORMAT.value, _PATH.value, seed=_SEED.value, workers=_WORKERS.value, sim=sim,
+        episodes=_GEN_EPISODES.value, max_length=_GEN_MAX_LENGTH.value,
+        craftax_classic=_CRAFTAX_CLASSIC.value,
+    )  # fmt: skip
+    if _FORMAT.value == "vpt":
+        frame_size = image_size  # decode VPT at the clip size
     splits = episode_splits(
         _FORMAT.value, _PATH.value, eval_fraction=_EVAL_FRACTION.value, seed=_SEED.value,
         skip_bad=_SKIP_BAD.value, frame_size=frame_size,

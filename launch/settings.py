@@ -10,7 +10,8 @@ from dynamics import ActionSpec, DynamicsConfig
 from tokenizer import TokenizerConfig
 
 STAGES = ("data", "tokenizer", "latents", "dynamics", "eval")
-DATA_FORMATS = ("sim", "calvin", "episodes")
+DATA_FORMATS = ("sim", "calvin", "episodes", "vpt", "coinrun", "craftax")
+GENERATED = ("sim", "coinrun", "craftax")  # formats that can generate their data
 
 
 class ConfigError(ValueError):
@@ -31,24 +32,53 @@ def stages(config) -> list[str]:
     return names
 
 
-def tokenizer_config(config) -> TokenizerConfig:
+def image_size(config) -> tuple[int, int]:
+    """config.data.image_size: one number (square) or (height, width)."""
     size = config.data.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"config.data.image_size must be a positive int or (height, width), got "
+                          f"{config.data.image_size}.")
+    return size
+
+
+def tokenizer_config(config) -> TokenizerConfig:
     try:
-        return TokenizerConfig(image_size=(size, size),
+        return TokenizerConfig(image_size=image_size(config),
                                **_fields(config.tokenizer, drop=("perceptual_weights",)))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.tokenizer: {error}") from error
 
 
-def action_spec(config, action_shape: tuple[int, ...]) -> ActionSpec:
-    """The model's action spec from the config and the data's per-step action shape."""
-    kind = config.data.action_kind
+def default_action_classes(config) -> tuple[int, ...]:
+    """Class counts of the built-in discrete / multi-part sources."""
+    if config.data.format == "coinrun":
+        from data.coinrun import COINRUN_ACTIONS
+        return (COINRUN_ACTIONS,)
+    if config.data.format == "craftax":
+        from data.craftax import CRAFTAX_ACTIONS
+        return (CRAFTAX_ACTIONS[config.data.craftax_classic],)
+    if config.data.format == "vpt":
+        from data.vpt import VPT_ACTION_CLASSES
+        return tuple(VPT_ACTION_CLASSES)
+    return ()
+
+
+def action_spec(config, layout: dict) -> ActionSpec:
+    """The model's action spec from the clips' action layout ({"kind", "shape"}) and, for
+    discrete and multi-part actions, config.data.action_classes (or the source's default)."""
+    kind, shape = layout["kind"], tuple(layout["shape"])
+    if kind == "continuous":
+        return ActionSpec("continuous", dim=max(shape[0], 1))
+    classes = tuple(config.data.action_classes) or default_action_classes(config)
+    parts = 1 if kind == "discrete" else shape[0]
+    if len(classes) != parts:
+        raise ConfigError(f"config.data.action_classes: the data has {kind} actions with {parts} "
+                          f"part(s); give one class count per part (got {classes}).")
     try:
-        if kind == "continuous":
-            return ActionSpec("continuous", dim=int(action_shape[0]) if action_shape else 1)
-        return ActionSpec(kind, classes=tuple(config.data.action_classes))
-    except (ValueError, IndexError) as error:
-        raise ConfigError(f"config.data.action_kind / action_classes: {error}") from error
+        return ActionSpec(kind, classes=classes)
+    except ValueError as error:
+        raise ConfigError(f"config.data.action_classes: {error}") from error
 
 
 def dynamics_config(config, action: ActionSpec) -> DynamicsConfig:
@@ -68,12 +98,11 @@ def validate(config, device_count: int) -> None:
     if config.data.format not in DATA_FORMATS:
         raise ConfigError(f"config.data.format: {config.data.format!r} is not one of "
                           f"{DATA_FORMATS}.")
-    if config.data.format != "sim" and not config.data.path:
+    if config.data.format not in GENERATED and not config.data.path:
         raise ConfigError(f"config.data.path: format {config.data.format!r} needs the dataset "
                           "folder (--config.data.path=...).")
     tokenizer_config(config)
-    dummy_shape = (1,) if config.data.action_kind == "continuous" else ()
-    dynamics_config(config, action_spec(config, dummy_shape))
+    dynamics_config(config, ActionSpec("continuous", dim=1))  # the action comes with the data
     clip = config.data.clip_length
     for stage in ("tokenizer", "dynamics"):
         train = config.train[stage]

@@ -21,7 +21,8 @@ from core.training import init_state, make_train_step
 from data.clips import ClipSettings, open_shard, prepare_clips, read_index, save_shard, write_json
 from data.jobs import Progress
 from data.loader import make_loader
-from data.prepare import episode_splits
+from data.prepare import episode_splits, generate_source
+from data.sim_demos import SimSettings
 from dynamics import Dynamics, align_actions, dynamics_loss
 from launch import settings
 from launch.trainer import make_optimizer, restore_state, train
@@ -40,25 +41,26 @@ class Workdir:
 
 
 def data_stage(config, work: Workdir) -> None:
+    """Generates the embedded default when the format is a generator and no path is given,
+    then cuts clips at the configured size."""
     data = config.data
-    path, frame_size = data.path, None
-    if data.format == "sim":
-        from data.sim_demos import SimSettings, generate_calvin_dataset  # needs pybullet
-
-        path = path or work.source
-        sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes,
-                          data.sim_episode_length, data.sim_render_size, config.seed)
-        print(f"[data] simulator episodes -> {path}", flush=True)
-        generate_calvin_dataset(path, sim, num_workers=data.workers)
-        frame_size = (data.sim_render_size,) * 2
-    kw = {"frame_size": frame_size} if frame_size else {}
-    splits = episode_splits("calvin" if data.format == "sim" else data.format, path,
-                            eval_fraction=data.eval_fraction, seed=config.seed,
-                            skip_bad=data.skip_bad, **kw)
-    clips = ClipSettings(data.clip_length, data.clip_stride, (data.image_size,) * 2)
+    path = data.path or work.source
+    sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
+                      data.sim_render_size, config.seed)
+    print(f"[data] source {data.format} at {path}", flush=True)
+    frame_size = generate_source(data.format, path, seed=config.seed, workers=data.workers,
+                                 sim=sim, episodes=data.gen_episodes,
+                                 max_length=data.gen_max_length,
+                                 craftax_classic=data.craftax_classic)
+    size = settings.image_size(config)
+    if data.format == "vpt":
+        frame_size = size  # decode at the clip size
+    splits = episode_splits(data.format, path, eval_fraction=data.eval_fraction, seed=config.seed,
+                            skip_bad=data.skip_bad, frame_size=frame_size)
     print(f"[data] clips -> {work.clips}", flush=True)
-    index = prepare_clips(splits, work.clips, clips, num_workers=data.workers,
-                          skip_bad=data.skip_bad)
+    index = prepare_clips(splits, work.clips, ClipSettings(data.clip_length, data.clip_stride,
+                                                           size),
+                          num_workers=data.workers, skip_bad=data.skip_bad)
     counts = {split: sum(n for _, n in shards) for split, shards in index["shards"].items()}
     print(f"[data] clips per split: {counts}", flush=True)
 
@@ -124,8 +126,7 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:
-    action_shape = tuple(read_index(work.latents)["plan"]["action"]["shape"])
-    spec = settings.action_spec(config, action_shape)
+    spec = settings.action_spec(config, read_index(work.latents)["plan"]["action"])
     return Dynamics(settings.dynamics_config(config, spec), key=jax.random.key(config.seed + 2))
 
 
