@@ -10,6 +10,7 @@ On the first `eval.rollouts` held-out clips (episodes never seen in training):
   tokenizer's reconstruction of it, and the model driven with actions of another rollout
   ("shuffled_actions": a world model must do worse with them);
 - speed: frames/s of cached and uncached generation at batch 1 with C frames of context.
+Per-frame PSNR is capped at 100 dB (identical frames), so summary.json holds finite numbers.
 Writes <workdir>/eval/summary.json, side-by-side videos and the PSNR plot; prints a summary.
 """
 
@@ -29,6 +30,8 @@ from dynamics import align_actions, generate, generate_uncached
 from launch import report
 from launch.stages import Workdir, new_dynamics_state, trained_tokenizer
 from launch.trainer import restore_state
+
+MAX_PSNR = 100.0  # dB; identical frames (PSNR inf) count as this, so the JSON stays finite
 
 
 def eval_clips(folder: str, count: int, length: int) -> dict[str, np.ndarray]:
@@ -102,16 +105,17 @@ def eval_stage(config, work: Workdir, mesh) -> dict:
     progress.update()
 
     future = slice(context, length)
-    per_step = lambda metric, frames: np.asarray(metric(frames[:, future], truth[:, future])
-                                                 ).mean(axis=0).tolist()
+    capped = lambda metric, a, b: np.minimum(np.asarray(metric(a, b)), MAX_PSNR)
+    per_step = lambda metric, frames: capped(metric, frames[:, future], truth[:, future]
+                                             ).mean(axis=0).tolist()
     last = jnp.broadcast_to(truth[:, context - 1:context], truth[:, future].shape)
     last_recon = jnp.broadcast_to(recon[:, context - 1:context], truth[:, future].shape)
-    copy = lambda metric, frames: np.asarray(metric(frames, truth[:, future])).mean(0).tolist()
+    copy = lambda metric, frames: capped(metric, frames, truth[:, future]).mean(0).tolist()
     speed = _generation_speed(model, latents, actions, has, context=context,
                               frames=ev.speed_frames, steps=ev.sampling_steps,
                               signal=ev.context_signal)
     summary = {
-        "tokenizer.psnr": float(jnp.mean(psnr(recon, truth))),
+        "tokenizer.psnr": float(np.mean(capped(psnr, recon, truth))),
         "tokenizer.ssim": float(jnp.mean(ssim(recon, truth))),
         "rollout.psnr": per_step(psnr, imagined),
         "rollout.ssim": per_step(ssim, imagined),

@@ -51,6 +51,31 @@ def test_every_stage_end_to_end(tmp_path):
     assert os.path.getmtime(tmp_path / "latents" / "index.json") >= before
 
 
+def test_own_episodes_folder_with_discrete_actions(tmp_path):
+    """A user's folder of .npz episodes (frames + int32 actions) goes through every stage."""
+    rng = np.random.default_rng(0)
+    source = tmp_path / "episodes"
+    source.mkdir()
+    for e in range(6):
+        actions = rng.integers(0, 4, size=24).astype(np.int32)
+        frames = np.zeros((24, 16, 16, 3), np.uint8)
+        pos = np.array([8, 8])
+        for t in range(24):
+            frames[t, pos[0] - 2:pos[0] + 2, pos[1] - 2:pos[1] + 2] = 255
+            pos = np.clip(pos + [(1, 0), (-1, 0), (0, 1), (0, -1)][actions[t]], 2, 13)
+        np.savez(source / f"ep{e}.npz", frames=frames, actions=actions)
+    config = calvin.get_config("tiny")
+    config.data.update(dict(format="episodes", path=str(source), eval_fraction=0.34,
+                            action_classes=(4,)))
+    run(config, str(tmp_path / "run"))
+    summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS and all(np.isfinite(summary["rollout.psnr"]))
+    config.data.action_classes = (4, 4)
+    config.stages = "dynamics"
+    with pytest.raises(settings.ConfigError, match=r"config\.data\.action_classes"):
+        run(config, str(tmp_path / "run"))
+
+
 class CountingLoader:
     """A deterministic batch stream with the loader's get_state/set_state contract."""
 
