@@ -81,6 +81,19 @@ def _scores(cfg, q1, q2, k1, k2, q_pos, k_pos, k_index, kv_len, mask):
     return s, visible
 
 
+def _key_block(cfg, r, j, q1, q2, q_pos, kv_len):
+    """Key block j against a query block: (rows, rotated key halves, logits [bq, bk],
+    visibility)."""
+    half, bk = r["q"].shape[-1] // 2, cfg.block_k
+    rows = pl.ds(j * bk, bk)
+    k1, k2 = _load_rotated(r["k"], rows, r["cos_k"], r["sin_k"], half, cfg.rotate_k, 1.0,
+                           r["k"].dtype)
+    mask = r["mask"][:, rows] if cfg.has_mask else None
+    k_index = j * bk + jnp.arange(bk, dtype=jnp.int32)
+    s, visible = _scores(cfg, q1, q2, k1, k2, q_pos, r["k_pos"][rows], k_index, kv_len, mask)
+    return rows, k1, k2, s, visible
+
+
 def _softcap_grad(cfg, ds, s):
     if cfg.softcap is None:
         return ds
@@ -108,12 +121,7 @@ def _forward_kernel(*refs, cfg: FlashConfig, n_in: int):
 
     def body(j, carry):
         m, total, acc = carry
-        rows = pl.ds(j * bk, bk)
-        k1, k2 = _load_rotated(r["k"], rows, r["cos_k"], r["sin_k"], half, cfg.rotate_k, 1.0,
-                               dtype)
-        mask = r["mask"][:, rows] if cfg.has_mask else None
-        k_index = j * bk + jnp.arange(bk, dtype=jnp.int32)
-        s, visible = _scores(cfg, q1, q2, k1, k2, q_pos, r["k_pos"][rows], k_index, kv_len, mask)
+        rows, _, _, s, visible = _key_block(cfg, r, j, q1, q2, q_pos, kv_len)
         s = jnp.where(visible, s, _NEG)
         m_new = jnp.maximum(m, jnp.max(s, axis=1))
         p = jnp.where(visible, jnp.exp(s - m_new[:, None]), 0.0)
@@ -141,12 +149,7 @@ def _dq_kernel(*refs, cfg: FlashConfig, n_in: int):
 
     def body(j, carry):
         d1, d2 = carry
-        rows = pl.ds(j * bk, bk)
-        k1, k2 = _load_rotated(r["k"], rows, r["cos_k"], r["sin_k"], half, cfg.rotate_k, 1.0,
-                               dtype)
-        mask = r["mask"][:, rows] if cfg.has_mask else None
-        k_index = j * bk + jnp.arange(bk, dtype=jnp.int32)
-        s, visible = _scores(cfg, q1, q2, k1, k2, q_pos, r["k_pos"][rows], k_index, kv_len, mask)
+        rows, k1, k2, s, visible = _key_block(cfg, r, j, q1, q2, q_pos, kv_len)
         p = jnp.where(visible, jnp.exp(s - lse[:, None]), 0.0)
         dp = pl_triton.dot(do, r["v"][rows, :], trans_b=True)
         ds = _softcap_grad(cfg, p * (dp - delta[:, None]), s).astype(dtype)
