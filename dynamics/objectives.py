@@ -20,6 +20,17 @@ JVP perturbs every frame's tau at once, so context tangents leak across frames (
 
 `image_rows` sequences are trained as separate images: their frames do not see each other and
 carry no action.
+
+Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
+batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
+without and 1.66 with a quarter of the rows bootstrapping (about 4, 3 and 3.5 forward passes: the
+JVP costs about one forward), i.e. 1.1-1.2x the shortcut step's wall time, not the 3x reported by
+[OD]; with half the rows bootstrapping (the CALVIN recipe) both cost about 4 forwards. Neither
+objective had a non-finite step (AdamW 3e-3, clipping at 1), but MeanFlow's gradient norms in the
+second half peaked about 1.7x higher (0.51-0.59 vs 0.28-0.33). Both beat copying the last frame
+(next-frame MSE 0.073): with K = 1 shortcut 0.049-0.052 vs MeanFlow 0.049-0.060, with K = 4
+shortcut 0.051-0.058 vs MeanFlow 0.064-0.070. On this problem MeanFlow buys no 1-step advantage
+and loses more at K = 4, so shortcut forcing stays the default.
 """
 
 import jax

@@ -1,0 +1,201 @@
+"""Generation speed: `python -m dynamics.bench [--models=small,calvin] [--contexts=8,32,64]
+[--frames=16] [--json=rows.json]`.
+
+Frames per second of autoregressive generation with K denoising steps, with the KV cache
+(`sampler.next_frame`: K + 1 passes over the new frame alone) and without it
+(`sampler._uncached_frame`, the per-frame function of `generate_uncached` at capacity =
+context + 1: K passes over the whole window). Both run in the steady state of a long rollout: the
+window holds `context` finished frames and slides by one per generated frame (the cache's
+`make_room` runs every frame). A frame here is one time step for the whole batch, as in
+lessons.md section 6. Each per-frame function is compiled once, explicitly (the `compile_s`
+columns: trace + lower + compile), called `--warmup` times, then timed call by call with
+block_until_ready; the median over `--frames` calls is reported (`best ratio`: the same from the
+fastest call of each, the better estimate on a machine shared with other jobs). Memory: `fn_mb`
+is XLA's estimate for one call of the compiled function (arguments + outputs + temporaries -
+aliased), and `peak_mb` is the process peak so far (max RSS on CPU, peak_bytes_in_use on GPU), so
+it only grows from row to row.
+"""
+
+import dataclasses
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from jaxtyping import Array, Bool, Float
+
+from dynamics.actions import ActionSpec
+from dynamics.model import Dynamics, DynamicsConfig
+from dynamics.sampler import _uncached_frame, context_noise, next_frame, prefill, renoise
+
+_MODELS = flags.DEFINE_list("models", ["small", "calvin"], "Model presets to time.")
+_CONTEXTS = flags.DEFINE_list("contexts", ["8", "32", "64"], "Context lengths in frames.")
+_FRAMES = flags.DEFINE_integer("frames", 16, "Timed frames per measurement (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+_STEPS = flags.DEFINE_integer("steps", 4, "Denoising steps K per frame.")
+_BATCH = flags.DEFINE_integer("batch", None, "Batch size for every model (default: preset's).")
+_JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+
+ACTION = ActionSpec("continuous", dim=7)
+CONTEXT_SIGNAL = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A model size and the batch it is timed at."""
+
+    config: DynamicsConfig
+    batch: int
+
+
+PRESETS = {
+    # lessons.md section 6: the seed's CPU config (64x64 frames -> 16 latents x 32).
+    "small": Preset(DynamicsConfig(latent_tokens=16, latent_dim=32, action=ACTION, width=128,
+                                   depth=4, heads=4, time_every=2, registers=4, k_max=16), 4),
+    # lessons.md section 1: CALVIN dynamics (32 latents x 32); batch 1 keeps CPU runs short.
+    "calvin": Preset(DynamicsConfig(latent_tokens=32, latent_dim=32, action=ACTION, width=768,
+                                    depth=8, heads=12, time_every=4, registers=4, k_max=128), 1),
+}
+
+
+def peak_memory_mb() -> float:
+    """Process peak so far: device peak_bytes_in_use where reported, else max RSS (Linux KiB)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def compile_timed(fn, *args, **static):
+    """(compiled fn(*args) with `static` bound, seconds to trace + lower + compile, MiB/call)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    seconds = time.perf_counter() - start
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return compiled, seconds, total / 2**20
+
+
+def call_seconds(call, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median, min) wall time of call(i) (i = call number, blocked on its output) after
+    warm-up; on a shared machine the min is the better estimate of the uncontended time."""
+    for i in range(warmup):
+        jax.block_until_ready(call(i))
+    samples = []
+    for i in range(warmup, warmup + repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call(i))
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), min(samples)
+
+
+def bench_inputs(config: DynamicsConfig, batch: int, context: int) -> tuple[
+    Float[Array, "batch context latents dim"], Float[Array, "batch window action"],
+    Bool[Array, "batch window"],
+]:
+    """Random context latents, model-convention actions and has_action (window = context + 1)."""
+    k_z, k_a = jax.random.split(jax.random.key(1))
+    z = jax.random.normal(k_z, (batch, context, config.latent_tokens, config.latent_dim))
+    actions = jax.random.uniform(k_a, (batch, context + 1, config.action.dim), minval=-1.0)
+    return z, actions, jnp.ones((batch, context + 1), bool)
+
+
+def cached_row(model: Dynamics, context: Float[Array, "batch context latents dim"],
+               actions: Float[Array, "batch window action"], has: Bool[Array, "batch window"], *,
+               steps: int, warmup: int, repeats: int) -> dict:
+    """`next_frame` over a cache of capacity context + 1, prefilled with `context` frames."""
+    batch, frames = context.shape[:2]
+    key = jax.random.key(0)
+    caches = model.init_caches(batch, frames + 1)
+    caches = prefill(model, caches, context, actions[:, :frames], has[:, :frames], key,
+                     jnp.asarray(0, jnp.int32), context_signal=CONTEXT_SIGNAL)
+    action, has_new = actions[:, frames:], has[:, frames:]
+    frame = lambda i: jnp.asarray(frames + i, jnp.int32)
+    step, compile_s, fn_mb = compile_timed(next_frame, model, caches, action, has_new, key,
+                                           frame(0), steps=steps, context_signal=CONTEXT_SIGNAL)
+    state = {"caches": caches}
+
+    def call(i):
+        z, state["caches"] = step(model, state["caches"], action, has_new, key, frame(i))
+        return z
+
+    median, best = call_seconds(call, warmup, repeats)
+    return {"cached_ms": median * 1e3, "cached_best_ms": best * 1e3,
+            "cached_compile_s": compile_s, "cached_fn_mb": fn_mb}
+
+
+def uncached_row(model: Dynamics, context: Float[Array, "batch context latents dim"],
+                 actions: Float[Array, "batch window action"], has: Bool[Array, "batch window"],
+                 *, steps: int, warmup: int, repeats: int) -> dict:
+    """`generate_uncached`'s per-frame function over a window of context + 1 frames."""
+    batch, frames = context.shape[:2]
+    key = jax.random.key(0)
+    noisy = renoise(context, context_noise(key, jnp.asarray(0, jnp.int32), context),
+                    CONTEXT_SIGNAL)
+    window = jnp.concatenate([noisy, jnp.zeros_like(noisy[:, :1])], axis=1)
+    tau = jnp.full((batch, frames + 1), CONTEXT_SIGNAL, jnp.float32)
+    d = jnp.full((batch, frames + 1), 1.0 / model.config.k_max, jnp.float32)
+    position = jnp.asarray(frames, jnp.int32)
+    frame = lambda i: jnp.asarray(frames + i, jnp.int32)
+    args = (model, window, tau, d, actions, has, key)
+    step, compile_s, fn_mb = compile_timed(_uncached_frame, *args, frame(0), position,
+                                           steps=steps, context_signal=CONTEXT_SIGNAL)
+    median, best = call_seconds(lambda i: step(*args, frame(i), position)[0], warmup, repeats)
+    return {"uncached_ms": median * 1e3, "uncached_best_ms": best * 1e3,
+            "uncached_compile_s": compile_s, "uncached_fn_mb": fn_mb}
+
+
+def bench_row(name: str, model: Dynamics, batch: int, context: int, *, steps: int, warmup: int,
+              repeats: int) -> dict:
+    """Cached and uncached per-frame times at one context length, frames/s and their ratio."""
+    z, actions, has = bench_inputs(model.config, batch, context)
+    timing = dict(steps=steps, warmup=warmup, repeats=repeats)
+    row = {"model": name, "batch": batch, "context": context, "steps": steps,
+           **cached_row(model, z, actions, has, **timing),
+           **uncached_row(model, z, actions, has, **timing)}
+    row["cached_fps"] = 1e3 / row["cached_ms"]
+    row["uncached_fps"] = 1e3 / row["uncached_ms"]
+    row["ratio"] = row["uncached_ms"] / row["cached_ms"]
+    row["best_ratio"] = row["uncached_best_ms"] / row["cached_best_ms"]
+    row["peak_mb"] = peak_memory_mb()
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':7} {'batch':>5} {'ctx':>4} {'cached f/s':>10} {'uncached f/s':>12} "
+          f"{'ratio':>6} {'best ratio':>10} {'compile s c/u':>14} {'fn MiB c/u':>14} "
+          f"{'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['model']:7} {r['batch']:5d} {r['context']:4d} {r['cached_fps']:10.2f} "
+              f"{r['uncached_fps']:12.3f} {r['ratio']:6.1f} {r['best_ratio']:10.1f} "
+              f"{r['cached_compile_s']:6.1f}/{r['uncached_compile_s']:<7.1f} "
+              f"{r['cached_fn_mb']:6.0f}/{r['uncached_fn_mb']:<7.0f} {r['peak_mb']:9.0f}")
+
+
+def main(argv):
+    del argv
+    print(f"devices: {jax.devices()}  jax {jax.__version__}  K={_STEPS.value}", flush=True)
+    rows = []
+    for name in _MODELS.value:
+        preset = PRESETS[name]
+        model = Dynamics(preset.config, key=jax.random.key(0))
+        params = sum(x.size for x in jax.tree.leaves(model) if isinstance(x, jax.Array))
+        batch = _BATCH.value or preset.batch
+        print(f"{name}: {params / 1e6:.2f}M parameters, batch {batch}", flush=True)
+        for context in map(int, _CONTEXTS.value):
+            rows.append(bench_row(name, model, batch, context, steps=_STEPS.value,
+                                  warmup=_WARMUP.value, repeats=_FRAMES.value))
+            print(f"done {name} context {context}", flush=True)
+    print_table(rows)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump({"device": str(jax.devices()[0]), "jax": jax.__version__, "rows": rows},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
