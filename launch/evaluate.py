@@ -11,7 +11,8 @@ On the first `eval.rollouts` held-out clips (episodes never seen in training):
   ("shuffled_actions": a world model must do worse with them);
 - speed: frames/s of cached and uncached generation at batch 1 with C frames of context.
 Per-frame PSNR is capped at 100 dB (identical frames), so summary.json holds finite numbers.
-Writes <workdir>/eval/summary.json, side-by-side videos and the PSNR plot; prints a summary.
+Writes <workdir>/eval/summary.json, side-by-side videos and the PSNR plot, and the curves plus a
+sample strip (truth / reconstruction / imagination) to TensorBoard; prints a summary.
 """
 
 import json
@@ -22,6 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tensorboardX import SummaryWriter
 
 from core import psnr, ssim, to_float, to_uint8
 from data.clips import open_shard, read_index
@@ -141,8 +143,21 @@ def eval_stage(config, work: Workdir, mesh) -> dict:
         paths += report.write_videos(os.path.join(work.eval, f"rollout_{i}"), frames)
     with open(os.path.join(work.eval, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    _to_tensorboard(work, summary, truth8, imagined8, np.asarray(to_uint8(recon)))
     print_summary(summary, [os.path.join(work.eval, "summary.json"), *paths])
     return summary
+
+
+def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon) -> None:
+    """Per-step PSNR curves and sample strips (truth / reconstruction / imagination)."""
+    writer = SummaryWriter(os.path.join(work.logs, "eval"))
+    for key in ("rollout.psnr", "rollout.psnr_copy_last", "rollout.psnr_shuffled_actions"):
+        for step, value in enumerate(summary[key], start=1):
+            writer.add_scalar(key, value, step)
+    strip = np.concatenate([np.concatenate(list(rows), axis=1)
+                            for rows in (truth[0], recon[0], imagined[0])], axis=0)
+    writer.add_image("eval/truth_reconstruction_imagination", strip, dataformats="HWC")
+    writer.close()
 
 
 def print_summary(summary: dict, paths: list[str]) -> None:
