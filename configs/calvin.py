@@ -40,7 +40,7 @@ def get_config(variant: str | None = None):
         config.eval.update(dict(context_frames=16, horizon=32, rollouts=64, batch=16))
     elif variant == "small":
         small_cpu_sizes(config, image_size=48, patch=6)
-        config.data.update(dict(sim_train_episodes=36, sim_eval_episodes=6,
+        config.data.update(dict(sim_train_episodes=48, sim_eval_episodes=6,
                                 sim_episode_length=96, sim_render_size=96))
     else:
         tiny_test_sizes(config)

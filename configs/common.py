@@ -82,19 +82,19 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
 def small_cpu_sizes(config, *, image_size, patch: int) -> None:
     """Sizes that train in minutes on 2 CPU cores (the `small` variants)."""
     config.data.update(dict(image_size=(image_size, image_size), clip_length=32, clip_stride=16))
-    config.tokenizer.update(dict(patch=patch, n_latents=16, latent_dim=16, enc_width=128,
+    config.tokenizer.update(dict(patch=patch, n_latents=16, latent_dim=32, enc_width=128,
                                  enc_depth=2, enc_heads=4, enc_kv_heads=2, enc_time_every=2,
                                  dec_width=128, dec_depth=2, dec_heads=4, dec_kv_heads=2,
-                                 dec_time_every=2, p_max=0.5))
+                                 dec_time_every=2, p_max=0.25))
     config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
                                 registers=2, k_max=16))
-    config.train.tokenizer.update(dict(steps=800, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
-                                       warmup_steps=50, decay_steps=200, checkpoint_every=200,
-                                       log_every=50))
-    config.train.dynamics.update(dict(steps=1500, batch=16, seq_lengths=(8, 24),
+    config.train.tokenizer.update(dict(steps=1200, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
+                                       warmup_steps=50, decay_steps=300, checkpoint_every=300,
+                                       log_every=100))
+    config.train.dynamics.update(dict(steps=1000, batch=16, seq_lengths=(8, 16),
                                       length_weights=(0.75, 0.25), lr=1e-3, warmup_steps=100,
-                                      decay_steps=300, bootstrap_start=750,
-                                      checkpoint_every=500, log_every=50))
+                                      decay_steps=200, bootstrap_start=500,
+                                      checkpoint_every=250, log_every=100))
     config.eval.update(dict(context_frames=8, horizon=16, rollouts=12, batch=12))
 
 
