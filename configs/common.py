@@ -51,6 +51,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         format="sim", path="", image_size=(64, 64), clip_length=32, clip_stride=16,
         eval_fraction=0.1, workers=2, skip_bad=False, action_classes=(),
         sim_train_episodes=64, sim_eval_episodes=8, sim_episode_length=120, sim_render_size=200,
+        sim_frame_skip=1,
         gen_episodes=100, gen_max_length=1000, craftax_classic=True, loader_threads=2,
     ))
     config.tokenizer = ml_collections.ConfigDict(dict(

@@ -6,33 +6,14 @@
 Without `--clips`, random-noise clips are prepared in a temporary folder first (not timed).
 """
 
-import dataclasses
 import tempfile
 import time
 
-import numpy as np
 from absl import app, flags
 
 from data.clips import ClipSettings, prepare_clips
-from data.episode import ActionSpec, EpisodeChunk
+from data.episode import NoiseEpisode
 from data.loader import make_loader
-
-NOISE_ACTIONS = ActionSpec("continuous", (7,))
-
-
-@dataclasses.dataclass(frozen=True)
-class NoiseEpisode:
-    """A synthetic episode of random frames and 7-D actions (an EpisodeRef)."""
-
-    name: str
-    length: int
-    frame_size: tuple[int, int]
-    action_spec: ActionSpec = NOISE_ACTIONS
-
-    def read(self, start: int, stop: int) -> EpisodeChunk:
-        rng = np.random.default_rng(start)
-        frames = rng.integers(0, 256, (stop - start, *self.frame_size, 3), dtype=np.uint8)
-        return EpisodeChunk(frames, rng.uniform(-1, 1, (stop - start, 7)).astype(np.float32))
 
 
 def measure(loader, batches: int) -> tuple[float, float]:

@@ -148,3 +148,21 @@ class SkipLog:
                 SkippedDataWarning,
                 stacklevel=3,
             )
+
+
+NOISE_ACTIONS = ActionSpec("continuous", (7,))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseEpisode:
+    """A synthetic episode of random frames and 7-D actions (an EpisodeRef)."""
+
+    name: str
+    length: int
+    frame_size: tuple[int, int]
+    action_spec: ActionSpec = NOISE_ACTIONS
+
+    def read(self, start: int, stop: int) -> EpisodeChunk:
+        rng = np.random.default_rng(start)
+        frames = rng.integers(0, 256, (stop - start, *self.frame_size, 3), dtype=np.uint8)
+        return EpisodeChunk(frames, rng.uniform(-1, 1, (stop - start, 7)).astype(np.float32))

@@ -99,6 +99,7 @@ _SIM_TRAIN = flags.DEFINE_integer("sim_train_episodes", 64, "sim: training episo
 _SIM_EVAL = flags.DEFINE_integer("sim_eval_episodes", 8, "sim: validation episodes")
 _SIM_LENGTH = flags.DEFINE_integer("sim_episode_length", 120, "sim: frames per episode")
 _SIM_RENDER = flags.DEFINE_integer("sim_render_size", 200, "sim: rendered frame side")
+_SIM_FRAME_SKIP = flags.DEFINE_integer("sim_frame_skip", 1, "sim: 30 Hz steps per frame")
 _GEN_EPISODES = flags.DEFINE_integer("gen_episodes", 100, "coinrun/craftax: episodes")
 _GEN_MAX_LENGTH = flags.DEFINE_integer("gen_max_length", 1000, "coinrun/craftax: frames at most")
 _CRAFTAX_CLASSIC = flags.DEFINE_bool("craftax_classic", True, "craftax: Classic (else full)")
@@ -109,7 +110,8 @@ def main(argv):
     size = [int(v) for v in _IMAGE_SIZE.value or []]
     image_size = tuple(size * 2 if len(size) == 1 else size) or None
     sim = SimSettings(
-        _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value
+        _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value,
+        _SIM_FRAME_SKIP.value,
     )
     frame_size = generate_source(
         _FORMAT.value, _PATH.value, seed=_SEED.value, workers=_WORKERS.value, sim=sim,

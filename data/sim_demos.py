@@ -6,6 +6,10 @@ motion, so that actions vary beyond the scripts). A task is a list of waypoints 
 centre point; the policy steers toward the current one with a clipped proportional relative
 action plus Gaussian noise, so the recorded actions explain the motion.
 
+With `frame_skip` k > 1 a frame is recorded every k control steps (30 / k Hz) and its relative
+action is the mean of the k actions taken (one unit then moves k x 0.02 m; the gripper entry is
+the last one), as if the robot were controlled at 30 / k Hz.
+
 Output: `<root>/training` and `<root>/validation` (when it has episodes) in the CALVIN layout
 (`episode_%07d.npz` per frame with `rgb_static`, `actions`, `rel_actions`, `robot_obs`,
 `scene_obs` as CALVIN stores them, float64 vectors; no gripper camera or depth), one segment per
@@ -42,13 +46,19 @@ HOVER = 0.14  # height above a block for approach moves
 
 @dataclasses.dataclass(frozen=True)
 class SimSettings:
-    """What to generate: episodes per split, frames per episode, render size, seed."""
+    """What to generate: episodes per split, frames per episode, render size, seed, and
+    `frame_skip`: 30 Hz control steps per recorded frame (1: CALVIN's rate; 3: 10 Hz)."""
 
     train_episodes: int = 64
     eval_episodes: int = 8
     episode_length: int = 120
     image_size: int = 200
     seed: int = 0
+    frame_skip: int = 1
+
+    def __post_init__(self):
+        if self.frame_skip < 1:
+            raise ValueError(f"frame_skip must be >= 1, got {self.frame_skip}.")
 
     def episodes(self, split: str) -> int:
         return self.train_episodes if split == "training" else self.eval_episodes
@@ -149,8 +159,11 @@ def generate_episode(root: str, split: str, index: int, settings: SimSettings) -
     first_id = index * settings.episode_length
     for t in range(settings.episode_length):
         image, robot_obs, scene_obs = sim.render(), sim.robot_obs(), sim.scene_obs()
-        rel_action = policy.act(sim)
-        absolute = sim.step(rel_action)
+        actions = []
+        for _ in range(settings.frame_skip):
+            actions.append(policy.act(sim))
+            absolute = sim.step(actions[-1])
+        rel_action = np.append(np.mean(actions, axis=0)[:6], actions[-1][6])
         write_calvin_frame(
             split_dir, first_id + t, rgb_static=image, actions=absolute,
             rel_actions=rel_action.astype(np.float64), robot_obs=robot_obs, scene_obs=scene_obs,

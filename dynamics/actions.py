@@ -47,6 +47,16 @@ class ActionSpec:
             raise ValueError(f"discrete actions have one part, got classes={self.classes}.")
 
 
+def random_actions(spec: ActionSpec, batch: int, time: int, *, key: PRNGKeyArray
+                   ) -> Float[Array, "batch time dim"] | Int[Array, "batch time *parts"]:
+    """Uniformly random valid actions of `spec` (benchmarks and tests)."""
+    if spec.kind == "continuous":
+        return jax.random.uniform(key, (batch, time, spec.dim), minval=-1.0)
+    highs = jnp.asarray(spec.classes, jnp.int32)
+    parts = jax.random.randint(key, (batch, time, len(spec.classes)), 0, highs)
+    return parts[..., 0] if spec.kind == "discrete" else parts
+
+
 def align_actions(
     actions: Float[Array, "batch time *action"] | Int[Array, "batch time *action"],
     has_action: Bool[Array, "batch time"],

@@ -18,16 +18,15 @@ it only grows from row to row.
 
 import dataclasses
 import json
-import resource
-import statistics
-import time
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 from jaxtyping import Array, Bool, Float
 
-from dynamics.actions import ActionSpec
+from core.timing import call_seconds, compile_timed, peak_memory_mb
+from dynamics.actions import ActionSpec, random_actions
 from dynamics.model import Dynamics, DynamicsConfig
 from dynamics.sampler import _uncached_frame, context_noise, next_frame, prefill, renoise
 
@@ -38,6 +37,15 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
 _STEPS = flags.DEFINE_integer("steps", 4, "Denoising steps K per frame.")
 _BATCH = flags.DEFINE_integer("batch", None, "Batch size for every model (default: preset's).")
 _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+_DTYPE = flags.DEFINE_string("dtype", None, "Compute (and KV cache) dtype; default bfloat16 on "
+                             "an accelerator, float32 on a CPU.")
+_FLOORS = flags.DEFINE_bool("floors", False, "Only print each row's FLOPs and bytes per frame "
+                            "(XLA cost analysis, no run) and the frames/s floor they allow at "
+                            "--peak_tflops and --bandwidth_tbs.")
+_PEAK = flags.DEFINE_float("peak_tflops", 989.0, "Dense matmul peak for --floors (H100 SXM "
+                           "bf16: 989).")
+_BANDWIDTH = flags.DEFINE_float("bandwidth_tbs", 3.35, "Memory bandwidth for --floors (H100 "
+                                "SXM: 3.35 TB/s).")
 
 ACTION = ActionSpec("continuous", dim=7)
 CONTEXT_SIGNAL = 0.9
@@ -58,54 +66,33 @@ PRESETS = {
     # lessons.md section 1: CALVIN dynamics (32 latents x 32); batch 1 keeps CPU runs short.
     "calvin": Preset(DynamicsConfig(latent_tokens=32, latent_dim=32, action=ACTION, width=768,
                                     depth=8, heads=12, time_every=4, registers=4, k_max=128), 1),
+    # configs/coinrun.py full: 16 latents x 32, 15 discrete actions.
+    "coinrun": Preset(DynamicsConfig(latent_tokens=16, latent_dim=32,
+                                     action=ActionSpec("discrete", classes=(15,)), width=768,
+                                     depth=12, heads=12, kv_heads=4, time_every=4, registers=4,
+                                     k_max=128), 1),
+    # Minecraft scale (launch issue 8): about 1B parameters, 256 spatial tokens (512 latents x 16
+    # packed by 2), VPT's multi-part actions (23 keys and buttons, 121 camera classes).
+    "minecraft": Preset(DynamicsConfig(latent_tokens=512, latent_dim=16, pack=2,
+                                       action=ActionSpec("multipart", classes=(2,) * 23 + (121,)),
+                                       width=2048, depth=20, heads=16, kv_heads=4, time_every=4,
+                                       registers=8, k_max=64), 1),
 }
 
 
-def peak_memory_mb() -> float:
-    """Process peak so far: device peak_bytes_in_use where reported, else max RSS (Linux KiB)."""
-    stats = jax.devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-
-
-def compile_timed(fn, *args, **static):
-    """(compiled fn(*args) with `static` bound, seconds to trace + lower + compile, MiB/call)."""
-    start = time.perf_counter()
-    compiled = fn.lower(*args, **static).compile()
-    seconds = time.perf_counter() - start
-    m = compiled.memory_analysis()
-    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-             - m.alias_size_in_bytes)
-    return compiled, seconds, total / 2**20
-
-
-def call_seconds(call, warmup: int, repeats: int) -> tuple[float, float]:
-    """(median, min) wall time of call(i) (i = call number, blocked on its output) after
-    warm-up; on a shared machine the min is the better estimate of the uncontended time."""
-    for i in range(warmup):
-        jax.block_until_ready(call(i))
-    samples = []
-    for i in range(warmup, warmup + repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call(i))
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples), min(samples)
-
-
 def bench_inputs(config: DynamicsConfig, batch: int, context: int) -> tuple[
-    Float[Array, "batch context latents dim"], Float[Array, "batch window action"],
+    Float[Array, "batch context latents dim"], Array,
     Bool[Array, "batch window"],
 ]:
     """Random context latents, model-convention actions and has_action (window = context + 1)."""
     k_z, k_a = jax.random.split(jax.random.key(1))
     z = jax.random.normal(k_z, (batch, context, config.latent_tokens, config.latent_dim))
-    actions = jax.random.uniform(k_a, (batch, context + 1, config.action.dim), minval=-1.0)
+    actions = random_actions(config.action, batch, context + 1, key=k_a)
     return z, actions, jnp.ones((batch, context + 1), bool)
 
 
 def cached_row(model: Dynamics, context: Float[Array, "batch context latents dim"],
-               actions: Float[Array, "batch window action"], has: Bool[Array, "batch window"], *,
+               actions: Array, has: Bool[Array, "batch window"], *,
                steps: int, warmup: int, repeats: int) -> dict:
     """`next_frame` over a cache of capacity context + 1, prefilled with `context` frames."""
     batch, frames = context.shape[:2]
@@ -129,7 +116,7 @@ def cached_row(model: Dynamics, context: Float[Array, "batch context latents dim
 
 
 def uncached_row(model: Dynamics, context: Float[Array, "batch context latents dim"],
-                 actions: Float[Array, "batch window action"], has: Bool[Array, "batch window"],
+                 actions: Array, has: Bool[Array, "batch window"],
                  *, steps: int, warmup: int, repeats: int) -> dict:
     """`generate_uncached`'s per-frame function over a window of context + 1 frames."""
     batch, frames = context.shape[:2]
@@ -176,21 +163,61 @@ def print_table(rows: list[dict]) -> None:
               f"{r['cached_fn_mb']:6.0f}/{r['uncached_fn_mb']:<7.0f} {r['peak_mb']:9.0f}")
 
 
+def floor_row(name: str, config: DynamicsConfig, batch: int, context: int, *, steps: int,
+              peak_flops: float, bandwidth: float) -> dict:
+    """The frames/s floor of cached generation: a frame takes at least max(FLOPs / peak, bytes /
+    bandwidth). FLOPs: XLA's cost analysis of `next_frame` lowered on abstract inputs (nothing
+    allocated or run). Bytes: each of the K + 1 passes reads every weight (in the compute
+    dtype) and the whole KV cache (the cost analysis of unfused HLO would count every
+    intermediate too)."""
+    model = eqx.filter_eval_shape(Dynamics, config, key=jax.random.key(0))
+    caches = eqx.filter_eval_shape(lambda m: m.init_caches(batch, context + 1), model)
+    action = jax.eval_shape(lambda: random_actions(config.action, batch, 1, key=jax.random.key(0)))
+    has = jax.ShapeDtypeStruct((batch, 1), jnp.bool_)
+    frame = jax.ShapeDtypeStruct((), jnp.int32)
+    lowered = next_frame.lower(model, caches, action, has, jax.random.key(0), frame, steps=steps,
+                               context_signal=CONTEXT_SIGNAL)
+    cost = lowered.cost_analysis()
+    flops = float((cost[0] if isinstance(cost, list | tuple) else cost)["flops"])
+    itemsize = jnp.dtype(config.compute_dtype).itemsize
+    weights = sum(x.size for x in jax.tree.leaves(model) if hasattr(x, "size")) * itemsize
+    cache = sum(c.keys.size + c.values.size for c in caches) * itemsize
+    nbytes = (steps + 1) * (weights + cache)
+    compute_s, memory_s = flops / peak_flops, nbytes / bandwidth
+    return {"model": name, "batch": batch, "context": context, "steps": steps,
+            "gflop_per_frame": flops / 1e9, "gb_per_frame": nbytes / 1e9,
+            "floor_fps": 1 / max(compute_s, memory_s),
+            "bound": "compute" if compute_s > memory_s else "memory"}
+
+
 def main(argv):
     del argv
     print(f"devices: {jax.devices()}  jax {jax.__version__}  K={_STEPS.value}", flush=True)
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = _DTYPE.value or ("float32" if on_cpu else "bfloat16")
     rows = []
     for name in _MODELS.value:
         preset = PRESETS[name]
-        model = Dynamics(preset.config, key=jax.random.key(0))
-        params = sum(x.size for x in jax.tree.leaves(model) if isinstance(x, jax.Array))
+        config = dataclasses.replace(preset.config, compute_dtype=dtype)
         batch = _BATCH.value or preset.batch
-        print(f"{name}: {params / 1e6:.2f}M parameters, batch {batch}", flush=True)
+        if _FLOORS.value:
+            for context in map(int, _CONTEXTS.value):
+                row = floor_row(name, config, batch, context, steps=_STEPS.value,
+                                peak_flops=_PEAK.value * 1e12, bandwidth=_BANDWIDTH.value * 1e12)
+                print(f"{name} {dtype} batch {batch} context {context}: "
+                      f"{row['gflop_per_frame']:.1f} GFLOP, {row['gb_per_frame']:.2f} GB per "
+                      f"frame -> floor {row['floor_fps']:.0f} frames/s ({row['bound']})")
+                rows.append(row)
+            continue
+        model = Dynamics(config, key=jax.random.key(0))
+        params = sum(x.size for x in jax.tree.leaves(model) if isinstance(x, jax.Array))
+        print(f"{name}: {params / 1e6:.2f}M parameters, {dtype}, batch {batch}", flush=True)
         for context in map(int, _CONTEXTS.value):
             rows.append(bench_row(name, model, batch, context, steps=_STEPS.value,
                                   warmup=_WARMUP.value, repeats=_FRAMES.value))
             print(f"done {name} context {context}", flush=True)
-    print_table(rows)
+    if not _FLOORS.value:
+        print_table(rows)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"device": str(jax.devices()[0]), "jax": jax.__version__, "rows": rows},

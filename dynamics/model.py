@@ -160,7 +160,9 @@ class Dynamics(eqx.Module):
         h = self.transformer(self.embed(z, tau, d, actions, has_action), time_mask=time_mask)
         return self.read(h)
 
-    def init_caches(self, batch: int, capacity: int, dtype=jnp.float32) -> tuple[KVCache, ...]:
+    def init_caches(self, batch: int, capacity: int, dtype=None) -> tuple[KVCache, ...]:
+        """Empty caches (default dtype: the compute dtype, so bf16 models keep bf16 K/V)."""
+        dtype = dtype or jnp.dtype(self.config.compute_dtype)
         return self.transformer.init_caches(batch, self.config.tokens_per_frame, capacity, dtype)
 
     def step(

@@ -46,7 +46,7 @@ def data_stage(config, work: Workdir) -> None:
     data = config.data
     path = data.path or work.source
     sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
-                      data.sim_render_size, config.seed)
+                      data.sim_render_size, config.seed, data.sim_frame_skip)
     print(f"[data] source {data.format} at {path}", flush=True)
     frame_size = generate_source(data.format, path, seed=config.seed, workers=data.workers,
                                  sim=sim, episodes=data.gen_episodes,
@@ -102,27 +102,35 @@ def trained_tokenizer(config, work: Workdir, mesh) -> Tokenizer:
 
 def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
     """Encodes every clip of every split once with the frozen encoder (resumable per shard)."""
-    index = read_index(work.clips)
     encoder = trained_tokenizer(config, work, mesh)
     encode = eqx.filter_jit(lambda model, frames: model.encode(frames))
+    encode_clips(work.clips, work.latents, lambda frames: encode(encoder, frames), batch=batch)
+
+
+def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
+                 progress: bool = True) -> None:
+    """Writes `encode(frames)` of every clip shard as a latent shard with the same layout
+    (actions and has_action copied); shards already written are skipped."""
+    index = read_index(clips_dir)
     shards = [(split, name) for split, listed in index["shards"].items() for name, n in listed
               if n > 0]
-    progress = Progress("[latents] encoding", len(shards), "shards")
+    bar = Progress("[latents] encoding", len(shards), "shards")
     for split, name in shards:
-        final = os.path.join(work.latents, split, name)
+        final = os.path.join(latents_dir, split, name)
         if not os.path.isdir(final):
-            arrays = open_shard(os.path.join(work.clips, split, name))
+            arrays = open_shard(os.path.join(clips_dir, split, name))
             frames = arrays["frames"]
-            latents = np.concatenate([np.asarray(encode(encoder, jnp.asarray(frames[i:i + batch])))
+            latents = np.concatenate([np.asarray(encode(jnp.asarray(frames[i:i + batch])))
                                       for i in range(0, len(frames), batch)])
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            with open(os.path.join(work.clips, split, name, "clips.json")) as f:
+            with open(os.path.join(clips_dir, split, name, "clips.json")) as f:
                 clips = json.load(f)
             save_shard(final, {"latents": latents.astype(np.float32),
                                "actions": np.asarray(arrays["actions"]),
                                "has_action": np.asarray(arrays["has_action"])}, clips)
-        progress.update()
-    write_json(os.path.join(work.latents, "index.json"), index)
+        if progress:
+            bar.update()
+    write_json(os.path.join(latents_dir, "index.json"), index)
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:

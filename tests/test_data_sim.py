@@ -78,3 +78,21 @@ def test_demonstrations_in_calvin_format_deterministic_and_resumable(tmp_path):
                 np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=name + key)
     with pytest.raises(DataError, match="other settings"):
         generate_calvin_dataset(str(tmp_path / "a"), SimSettings(seed=1), progress=False)
+
+
+def test_frame_skip_records_every_kth_control_step(tmp_path):
+    """At 10 Hz (frame_skip 3) the recorded action is the mean of the three 30 Hz actions: it
+    still explains the motion between recorded frames, which is about 3x larger."""
+    motions = {}
+    for skip in (1, 3):
+        root = str(tmp_path / f"skip{skip}")
+        generate_calvin_dataset(root, SimSettings(1, 0, 16, 32, frame_skip=skip), progress=False)
+        split = read_split(os.path.join(root, "training"))
+        rel = np.stack([f["rel_actions"][:3] for f in split.values()])[:15]
+        tcp = np.diff(np.stack([f["robot_obs"][:3] for f in split.values()]), axis=0)
+        assert np.abs(rel).max() <= 1.0
+        assert np.corrcoef(rel.ravel(), tcp.ravel())[0, 1] > 0.8
+        motions[skip] = np.linalg.norm(tcp, axis=1).mean()
+    assert 2.0 < motions[3] / motions[1] < 4.0
+    with pytest.raises(ValueError, match="frame_skip"):
+        SimSettings(frame_skip=0)

@@ -3,7 +3,7 @@
 import jax
 import pytest
 
-from dynamics.bench import ACTION, bench_row
+from dynamics.bench import ACTION, bench_row, floor_row
 from dynamics.model import Dynamics, DynamicsConfig
 
 
@@ -18,3 +18,20 @@ def test_bench_row_on_tiny_model():
         assert row[f"{name}_fps"] == pytest.approx(1e3 / row[f"{name}_ms"])
     assert row["ratio"] == pytest.approx(row["uncached_ms"] / row["cached_ms"])
     assert row["peak_mb"] > 0
+
+
+def test_floor_row_counts_every_pass_over_weights_and_cache():
+    config = DynamicsConfig(latent_tokens=4, latent_dim=3, action=ACTION, width=16, depth=2,
+                            heads=2, kv_heads=1, time_every=2, registers=1, k_max=8)
+    batch, context, steps = 2, 5, 4
+    row = floor_row("tiny", config, batch, context, steps=steps, peak_flops=1e12, bandwidth=1e11)
+    model = Dynamics(config, key=jax.random.key(0))
+    params = sum(x.size for x in jax.tree.leaves(model) if isinstance(x, jax.Array))
+    head_dim = 16 // 2
+    cache = 2 * batch * config.tokens_per_frame * (context + 1) * 1 * head_dim  # 1 time layer, K+V
+    assert row["gb_per_frame"] * 1e9 == pytest.approx((steps + 1) * (params + cache) * 4)
+    blocks = sum(x.size for x in jax.tree.leaves(model.transformer) if isinstance(x, jax.Array))
+    matmul_lower_bound = 2 * 0.9 * blocks * batch * config.tokens_per_frame * (steps + 1)
+    assert row["gflop_per_frame"] * 1e9 > matmul_lower_bound
+    seconds = max(row["gflop_per_frame"] * 1e9 / 1e12, row["gb_per_frame"] * 1e9 / 1e11)
+    assert row["floor_fps"] == pytest.approx(1 / seconds)

@@ -1,0 +1,39 @@
+"""Timing and memory helpers shared by the benchmark scripts (kernels, dynamics, launch)."""
+
+import resource
+import statistics
+import time
+
+import jax
+
+
+def peak_memory_mb() -> float:
+    """Process peak so far: device peak_bytes_in_use where reported, else max RSS (Linux KiB)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def compile_timed(fn, *args, **static):
+    """(compiled fn(*args) with `static` bound, seconds to trace + lower + compile, MiB/call)."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args, **static).compile()
+    seconds = time.perf_counter() - start
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return compiled, seconds, total / 2**20
+
+
+def call_seconds(call, warmup: int, repeats: int) -> tuple[float, float]:
+    """(median, min) wall time of call(i) (i = call number, blocked on its output) after
+    warm-up; on a shared machine the min is the better estimate of the uncontended time."""
+    for i in range(warmup):
+        jax.block_until_ready(call(i))
+    samples = []
+    for i in range(warmup, warmup + repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call(i))
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), min(samples)

@@ -1,0 +1,287 @@
+"""Training throughput against the device's limit:
+
+    python -m launch.bench --configs=calvin,coinrun --variant=full --json=train.json
+
+For each config and stage (tokenizer, dynamics) it builds the stage's real train step (the
+jitted, state-donating step `launch/run.py` runs, at the config's sizes, on synthetic batches so
+no dataset is needed; the dynamics step with its bootstrap rows on, as after
+`bootstrap_start`), compiles it once and times `--steps` steps after `--warmup`. Columns:
+- ms/step (median), steps/s and tokens/s (tokens = batch x frames x tokens per frame through the
+  transformers: patches + latents for the tokenizer, `tokens_per_frame` for the dynamics);
+- model GFLOP/step: XLA's cost analysis of the same step lowered with the XLA attention backend
+  and no rematerialisation (custom kernels are opaque to the cost analysis, recomputation is not
+  model work); MFU = model FLOPs/s / the peak matmul rate measured in this process
+  (`peak_matmul`: a chain of square matmuls in the compute dtype);
+- split of the step: attention and MLP = forward + backward time of one attention and one MLP
+  sublayer at the step's shapes (space and time layers apart), times the number of layers;
+  data = the real grain loader's time per batch over synthetic clips of the config's shape
+  (frames for the tokenizer, latents for the dynamics); host = the real loop's time per step
+  (next batch, device_put, step; no sync) minus the device step time;
+- memory: XLA's estimate for one step (arguments + outputs + temporaries - aliased) and the
+  process peak (device peak_bytes_in_use, else max RSS).
+"""
+
+import functools
+import importlib
+import json
+import tempfile
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from core.timing import call_seconds, compile_timed, peak_memory_mb
+from core.training import init_state, make_train_step
+from data.clips import ClipSettings, prepare_clips
+from data.episode import NoiseEpisode
+from data.loader import make_loader
+from dynamics import Dynamics
+from launch import settings
+from launch.stages import dynamics_loss_fn, encode_clips
+from launch.trainer import make_optimizer
+from tokenizer import Tokenizer, init_train_state, tokenizer_loss
+
+FLAGS = flags.FLAGS
+
+ACTION_LAYOUTS = {"sim": ("continuous", [7]), "calvin": ("continuous", [7]),
+                  "episodes": ("continuous", [7]), "coinrun": ("discrete", []),
+                  "craftax": ("discrete", []), "vpt": ("multipart", [24])}
+
+
+def peak_matmul(dtype, *, size: int, chain: int = 8, repeats: int = 5) -> float:
+    """Measured FLOP/s of `chain` dependent [size, size] matmuls in `dtype`."""
+    k1, k2 = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(k1, (size, size), dtype)
+    w = (jax.random.normal(k2, (size, size)) / np.sqrt(size)).astype(dtype)
+
+    @jax.jit
+    def run(x, w):
+        for _ in range(chain):
+            x = x @ w
+        return x
+
+    seconds = call_seconds(lambda i: run(x, w), 2, repeats)[0]
+    return 2 * size**3 * chain / seconds
+
+
+def flops_of(lowered) -> float:
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def action_batch(spec, batch: int, frames: int, rng: np.random.Generator) -> np.ndarray:
+    if spec.kind == "continuous":
+        return rng.uniform(-1, 1, (batch, frames, spec.dim)).astype(np.float32)
+    highs = np.asarray(spec.classes)
+    return rng.integers(0, highs, (batch, frames, len(highs))).squeeze(-1) \
+        if spec.kind == "discrete" else rng.integers(0, highs, (batch, frames, len(highs)))
+
+
+def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool):
+    """(jitted step, make_state(), batch, static kwargs, tokens per step, parts(model) ->
+    [(transformer, tokens per frame it sees)]). `exact=False`: XLA attention and no remat, for
+    counting FLOPs."""
+    rng = np.random.default_rng(0)
+    if not exact:
+        config = config.copy_and_resolve_references()
+        config.tokenizer.remat = config.dynamics.remat = False
+        config.dynamics.backend = "xla"
+    train = config.train[stage]
+    optimizer = make_optimizer(train)
+    height, width = settings.image_size(config)
+    if stage == "tokenizer":
+        make_state = lambda: init_train_state(
+            Tokenizer(settings.tokenizer_config(config), key=jax.random.key(0)), optimizer)
+        step = make_train_step(functools.partial(tokenizer_loss, perceptual=None), optimizer)
+        data = jnp.asarray(rng.integers(0, 256, (batch, frames, height, width, 3), np.uint8))
+        c = settings.tokenizer_config(config)
+        per_frame = c.n_patches + c.n_latents
+        parts = lambda m: [(m.encoder.transformer, per_frame), (m.decoder.transformer, per_frame)]
+        return step, make_state, data, {}, batch * frames * 2 * per_frame, parts
+    kind, shape = ACTION_LAYOUTS[config.data.format]
+    spec = settings.action_spec(config, {"kind": kind, "shape": shape})
+    model_config = settings.dynamics_config(config, spec)
+    make_state = lambda: init_state(Dynamics(model_config, key=jax.random.key(0)), optimizer)
+    step = make_train_step(dynamics_loss_fn(config), optimizer,
+                           static_argnames=("bootstrap_rows",))
+    c = model_config
+    data = {"latents": jnp.asarray(rng.normal(size=(batch, frames, c.latent_tokens,
+                                                    c.latent_dim)).astype(np.float32)),
+            "actions": jnp.asarray(action_batch(spec, batch, frames, rng)),
+            "has_action": jnp.ones((batch, frames), bool)}
+    rows = round(train.bootstrap_fraction * batch)
+    return (step, make_state, data, {"bootstrap_rows": rows}, batch * frames * c.tokens_per_frame,
+            lambda m: [(m.transformer, c.tokens_per_frame)])
+
+
+def sublayer_seconds(transformer, batch: int, frames: int, tokens: int) -> dict[str, float]:
+    """Forward + backward seconds of all attention (space, time) and MLP sublayers of one
+    transformer at [batch, frames, tokens], from one sublayer of each kind times its count."""
+    block = transformer.blocks[0]
+    width = block.attn_norm.scale.shape[0]
+    n_time = sum(transformer.is_time_layer(i) for i in range(len(transformer.blocks)))
+    n_space = len(transformer.blocks) - n_time
+    x = jax.random.normal(jax.random.key(0), (batch * frames * tokens, width))
+
+    def timed(fn, shaped):
+        grad = jax.jit(jax.grad(lambda m, h: jnp.sum(fn(m, h).astype(jnp.float32))))
+        return call_seconds(lambda i: grad(block, shaped), 1, 3)[0]
+
+    space = x.reshape(batch * frames, tokens, width)
+    time_rows = x.reshape(batch * tokens, frames, width)
+    positions = lambda n: jnp.arange(n, dtype=jnp.int32)
+    attention = lambda causal, n: lambda m, h: m.attn(h, positions=positions(n), causal=causal,
+                                                       mask=None)
+    return {"attention_s": n_space * timed(attention(False, tokens), space)
+            + n_time * timed(attention(True, frames), time_rows),
+            "mlp_s": len(transformer.blocks) * timed(lambda m, h: m.mlp(h), x)}
+
+
+def synthetic_loader(config, stage: str, batch: int, frames: int):
+    """The real grain loader over synthetic clips of the config's shape (frames for the
+    tokenizer; random latents for the dynamics)."""
+    root = tempfile.mkdtemp(prefix="bench_train_")
+    size = settings.image_size(config)
+    clips = [NoiseEpisode(f"noise{k}", frames, size) for k in range(batch + 2)]
+    prepare_clips({"train": clips}, f"{root}/clips", ClipSettings(frames, frames, size),
+                  progress=False)
+    folder = f"{root}/clips"
+    if stage == "dynamics":
+        c = settings.tokenizer_config(config)
+        shape = (c.n_latents, c.latent_dim)
+        encode_clips(folder, f"{root}/latents",
+                     lambda f: np.random.default_rng(0).normal(size=(*f.shape[:2], *shape)),
+                     progress=False)
+        folder = f"{root}/latents"
+    return make_loader(folder, "train", batch_size=batch, seq_lengths=(frames,),
+                       num_threads=config.data.loader_threads)
+
+
+def bench_row(name: str, config, stage: str, batch: int, frames: int, *, steps: int,
+              warmup: int, peak: float, loader_batches: int, trace: str | None) -> dict:
+    """Times one stage's train step at [batch, frames]; see the module docstring."""
+    key = jax.random.key(0)
+    flop_step, make_flop_state = stage_setup(config, stage, batch, frames, exact=False)[:2]
+    step, make_state, data, static, tokens, parts = stage_setup(
+        config, stage, batch, frames, exact=True)
+    model_flops = flops_of(flop_step.lower(eqx.filter_eval_shape(make_flop_state), data, key,
+                                           **static))
+    compiled, compile_s, step_mb = compile_timed(step, make_state(), data, key, **static)
+    holder = {"state": make_state()}
+
+    def call(i):
+        holder["state"], metrics = compiled(holder["state"], data, key)
+        return metrics["loss"]
+
+    if trace:
+        jax.profiler.start_trace(trace)
+    seconds = call_seconds(call, warmup, steps)[0]
+    if trace:
+        jax.profiler.stop_trace()
+    split = {"attention_s": 0.0, "mlp_s": 0.0}
+    for transformer, per_frame in parts(holder["state"].model):
+        for k, v in sublayer_seconds(transformer, batch, frames, per_frame).items():
+            split[k] += v
+    loader = synthetic_loader(config, stage, batch, frames)
+    data_s = call_seconds(lambda i: next(loader), 2, loader_batches)[0]
+    start = time.perf_counter()
+    for i in range(steps):  # the trainer's loop: fetch, put on device, step; no sync
+        jax.device_put(next(loader))
+        loss = call(i)
+    jax.block_until_ready(loss)
+    loop_s = (time.perf_counter() - start) / steps
+    return {"config": name, "variant": config.variant, "stage": stage, "batch": batch,
+            "frames": frames, "ms_per_step": seconds * 1e3, "steps_per_s": 1 / seconds,
+            "tokens_per_s": tokens / seconds, "model_gflop_per_step": model_flops / 1e9,
+            "mfu": model_flops / seconds / peak, "compile_s": compile_s,
+            "attention_share": split["attention_s"] / seconds,
+            "mlp_share": split["mlp_s"] / seconds, "data_ms_per_batch": data_s * 1e3,
+            "host_overhead_ms": max(loop_s - seconds, 0.0) * 1e3, "step_mb": step_mb,
+            "peak_mb": peak_memory_mb()}
+
+
+def floor_row(name: str, config, stage: str, batch: int, frames: int, peak: float) -> dict:
+    step, make_state, data, static, tokens, _ = stage_setup(config, stage, batch, frames,
+                                                            exact=False)
+    flops = flops_of(step.lower(eqx.filter_eval_shape(make_state), data, jax.random.key(0),
+                                **static))
+    row = {"config": name, "variant": config.variant, "stage": stage, "batch": batch,
+           "frames": frames, "tokens_per_step": tokens, "model_gflop_per_step": flops / 1e9,
+           "ms_at_peak": flops / peak * 1e3, "ms_at_40pct": flops / (0.4 * peak) * 1e3}
+    print(f"{name}:{config.variant} {stage} batch {batch} x {frames} frames: {tokens} tokens, "
+          f"{flops / 1e12:.2f} TFLOP/step -> {row['ms_at_peak']:.0f} ms at peak, "
+          f"{row['ms_at_40pct']:.0f} ms at 40% MFU", flush=True)
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'config':8} {'stage':9} {'batch':>5} {'T':>4} {'ms/step':>8} {'tok/s':>9} "
+          f"{'GFLOP':>8} {'MFU':>6} {'attn':>5} {'mlp':>5} {'data ms':>8} {'host ms':>8} "
+          f"{'step MiB':>9} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['config']:8} {r['stage']:9} {r['batch']:5d} {r['frames']:4d} "
+              f"{r['ms_per_step']:8.1f} {r['tokens_per_s']:9.0f} {r['model_gflop_per_step']:8.1f} "
+              f"{r['mfu']:6.1%} {r['attention_share']:5.0%} {r['mlp_share']:5.0%} "
+              f"{r['data_ms_per_batch']:8.1f} {r['host_overhead_ms']:8.1f} {r['step_mb']:9.0f} "
+              f"{r['peak_mb']:9.0f}")
+
+
+def define_flags() -> None:
+    """The command line (defined only when run as a script, so importing this module for
+    its functions defines no flags)."""
+    flags.DEFINE_list("configs", ["calvin", "coinrun"], "configs/<name>.py to time.")
+    flags.DEFINE_string("variant", None, "Config variant (default: full on an accelerator, "
+                        "small on a CPU).")
+    flags.DEFINE_list("stages", ["tokenizer", "dynamics"], "Stages to time.")
+    flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+    flags.DEFINE_integer("batch", None, "Override the config's batch size.")
+    flags.DEFINE_integer("loader_batches", 10, "Timed loader batches.")
+    flags.DEFINE_string("trace", None, "Write a profiler trace of the timed steps here.")
+    flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
+    flags.DEFINE_bool("floors", False, "Only count each step's model FLOPs (lowering on "
+                      "abstract state, nothing run) and print the step time they take at "
+                      "--peak_tflops and at 40% of it.")
+    flags.DEFINE_float("peak_tflops", 989.0, "Matmul peak for --floors (H100 SXM bf16: 989).")
+
+
+def main(argv):
+    del argv
+    on_cpu = jax.default_backend() == "cpu"
+    rows = []
+    peaks = {}
+    for name in FLAGS.configs:
+        config = importlib.import_module(f"configs.{name}").get_config(FLAGS.variant)
+        dtype = jnp.dtype(config.dynamics.compute_dtype)
+        if dtype not in peaks and not FLAGS.floors:
+            peaks[dtype] = peak_matmul(dtype, size=2048 if on_cpu else 8192)
+            print(f"peak matmul {dtype}: {peaks[dtype] / 1e12:.3f} TFLOP/s on "
+                  f"{jax.devices()[0].device_kind}", flush=True)
+        for stage in FLAGS.stages:
+            train = config.train[stage]
+            for frames in train.seq_lengths:
+                if FLAGS.floors:
+                    rows.append(floor_row(name, config, stage, FLAGS.batch or train.batch,
+                                          frames, FLAGS.peak_tflops * 1e12))
+                    continue
+                rows.append(bench_row(name, config, stage, FLAGS.batch or train.batch, frames,
+                                      steps=FLAGS.steps, warmup=FLAGS.warmup,
+                                      peak=peaks[dtype],
+                                      loader_batches=FLAGS.loader_batches, trace=FLAGS.trace))
+                print(f"done {name} {stage} T={frames}", flush=True)
+    if not FLAGS.floors:
+        print_table(rows)
+    if FLAGS.json:
+        with open(FLAGS.json, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
+                       "peak_flops": {str(k): v for k, v in peaks.items()}, "rows": rows},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
