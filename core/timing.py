@@ -1,5 +1,6 @@
 """Timing and memory helpers shared by the benchmark scripts (kernels, dynamics, launch)."""
 
+import json
 import resource
 import statistics
 import time
@@ -37,3 +38,11 @@ def call_seconds(call, warmup: int, repeats: int) -> tuple[float, float]:
         jax.block_until_ready(call(i))
         samples.append(time.perf_counter() - start)
     return statistics.median(samples), min(samples)
+
+
+def write_rows_json(path: str | None, rows: list[dict], **extra) -> None:
+    """Benchmark rows with the device and JAX version (and `extra` fields) to `path`, if any."""
+    if path:
+        with open(path, "w") as f:
+            json.dump({"device": str(jax.devices()[0]), "jax": jax.__version__, **extra,
+                       "rows": rows}, f, indent=1)

@@ -312,9 +312,14 @@ def read_index(clips_dir: str) -> dict:
     path = os.path.join(clips_dir, INDEX_FILE)
     if not os.path.isfile(path):
         raise DataError(f"{path}: missing; prepare clips first (python -m data.prepare)")
-    with open(path) as f:
-        index = json.load(f)
-    if index.get("format") != FORMAT or index.get("version") != VERSION:
+    try:
+        with open(path) as f:
+            index = json.load(f)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error}); delete the clip folder and prepare "
+                        "it again") from error
+    if not isinstance(index, dict) or (index.get("format"), index.get("version")) != (FORMAT,
+                                                                                     VERSION):
         raise DataError(f"{path}: not a {FORMAT} v{VERSION} index")
     if not index.get("complete"):
         raise DataError(

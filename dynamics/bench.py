@@ -17,7 +17,6 @@ it only grows from row to row.
 """
 
 import dataclasses
-import json
 
 import equinox as eqx
 import jax
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jaxtyping import Array, Bool, Float
 
-from core.timing import call_seconds, compile_timed, peak_memory_mb
+from core.timing import call_seconds, compile_timed, peak_memory_mb, write_rows_json
 from dynamics.actions import ActionSpec, random_actions
 from dynamics.model import Dynamics, DynamicsConfig
 from dynamics.sampler import _uncached_frame, context_noise, next_frame, prefill, renoise
@@ -218,10 +217,7 @@ def main(argv):
             print(f"done {name} context {context}", flush=True)
     if not _FLOORS.value:
         print_table(rows)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump({"device": str(jax.devices()[0]), "jax": jax.__version__, "rows": rows},
-                      f, indent=1)
+    write_rows_json(_JSON.value, rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ no dataset is needed; the dynamics step with its bootstrap rows on, as after
 
 import functools
 import importlib
-import json
 import tempfile
 import time
 
@@ -33,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from core.timing import call_seconds, compile_timed, peak_memory_mb
+from core.timing import call_seconds, compile_timed, peak_memory_mb, write_rows_json
 from core.training import init_state, make_train_step
 from data.clips import ClipSettings, prepare_clips
 from data.episode import NoiseEpisode
@@ -255,7 +254,11 @@ def main(argv):
     rows = []
     peaks = {}
     for name in FLAGS.configs:
-        config = importlib.import_module(f"configs.{name}").get_config(FLAGS.variant)
+        try:
+            config = importlib.import_module(f"configs.{name}").get_config(FLAGS.variant)
+        except ModuleNotFoundError as error:
+            raise app.UsageError(f"--configs: no config named {name!r} (configs/{name}.py); "
+                                 "use calvin, coinrun or minecraft.") from error
         dtype = jnp.dtype(config.dynamics.compute_dtype)
         if dtype not in peaks and not FLAGS.floors:
             peaks[dtype] = peak_matmul(dtype, size=2048 if on_cpu else 8192)
@@ -275,11 +278,7 @@ def main(argv):
                 print(f"done {name} {stage} T={frames}", flush=True)
     if not FLAGS.floors:
         print_table(rows)
-    if FLAGS.json:
-        with open(FLAGS.json, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__,
-                       "peak_flops": {str(k): v for k, v in peaks.items()}, "rows": rows},
-                      f, indent=1)
+    write_rows_json(FLAGS.json, rows, peak_flops={str(k): v for k, v in peaks.items()})
 
 
 if __name__ == "__main__":

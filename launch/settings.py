@@ -101,6 +101,9 @@ def validate(config, device_count: int) -> None:
     if config.data.format not in GENERATED and not config.data.path:
         raise ConfigError(f"config.data.path: format {config.data.format!r} needs the dataset "
                           "folder (--config.data.path=...).")
+    if config.data.sim_frame_skip < 1:
+        raise ConfigError(f"config.data.sim_frame_skip must be >= 1 (30 Hz control steps per "
+                          f"recorded frame), got {config.data.sim_frame_skip}.")
     tokenizer_config(config)
     dynamics_config(config, ActionSpec("continuous", dim=1))  # the action comes with the data
     clip = config.data.clip_length

@@ -209,3 +209,9 @@ def test_episode_splits_per_format(tmp_path):
     make_episodes(tmp_path / "eps", lengths=(5, 5, 5, 5))
     episodes = episode_splits("episodes", str(tmp_path / "eps"), eval_fraction=0.5)
     assert (len(episodes["train"]), len(episodes["eval"])) == (2, 2)
+
+
+def test_broken_index_names_the_file(tmp_path):
+    (tmp_path / "index.json").write_text("{broken")
+    with pytest.raises(DataError, match=r"index\.json: not valid JSON"):
+        read_index(str(tmp_path))
