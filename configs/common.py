@@ -10,7 +10,9 @@ Fields (every size lives here, none in code):
 - tokenizer: `tokenizer.TokenizerConfig` fields (image_size comes from data);
 - dynamics: `dynamics.DynamicsConfig` fields (latent sizes and actions come from tokenizer/data);
 - train.tokenizer / train.dynamics: steps, batch, sequence lengths, optimizer and schedule,
-  log / checkpoint intervals; the dynamics stage also has the bootstrap and image settings;
+  log / checkpoint intervals; `optimizer` is "adamw" or "muon" (Muon at `muon_lr` on the
+  transformer blocks' matrices, AdamW at `lr` on the rest); the dynamics stage also has the
+  bootstrap and image settings;
 - eval: rollout context, horizon, sampling steps, number of rollouts, videos;
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.
 """
@@ -37,7 +39,8 @@ def optimizer_config(steps: int, lr: float, warmup: int, decay: int, batch: int,
                      seq_lengths: tuple[int, ...]) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         steps=steps, batch=batch, seq_lengths=seq_lengths, length_weights=(),
-        lr=lr, warmup_steps=warmup, decay_steps=decay, b1=0.9, b2=0.9, weight_decay=1e-4,
+        optimizer="adamw", lr=lr, muon_lr=0.02, muon_beta=0.95, warmup_steps=warmup,
+        decay_steps=decay, b1=0.9, b2=0.9, weight_decay=1e-4,
         grad_clip=1.0, log_every=50, checkpoint_every=500, max_skipped_in_a_row=20,
     ))
 

@@ -7,6 +7,7 @@ Every check here runs before any stage starts, and every message names the confi
 import ml_collections
 
 from dynamics import ActionSpec, DynamicsConfig
+from launch.trainer import OPTIMIZERS
 from tokenizer import TokenizerConfig
 
 STAGES = ("data", "tokenizer", "latents", "dynamics", "eval")
@@ -115,8 +116,11 @@ def validate(config, device_count: int) -> None:
         if not train.seq_lengths or max(train.seq_lengths) > clip or min(train.seq_lengths) < 1:
             raise ConfigError(f"config.train.{stage}.seq_lengths {tuple(train.seq_lengths)} must "
                               f"lie in 1..config.data.clip_length ({clip}).")
-        if train.steps < 1 or train.lr <= 0:
-            raise ConfigError(f"config.train.{stage}: steps and lr must be positive.")
+        if train.steps < 1 or train.lr <= 0 or train.muon_lr <= 0:
+            raise ConfigError(f"config.train.{stage}: steps, lr and muon_lr must be positive.")
+        if train.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"config.train.{stage}.optimizer must be one of {OPTIMIZERS}, got "
+                              f"{train.optimizer!r}.")
     needed = config.eval.context_frames + config.eval.horizon
     if needed > clip:
         raise ConfigError(f"config.eval: context_frames + horizon ({needed}) exceeds "

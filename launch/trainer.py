@@ -18,18 +18,40 @@ from tensorboardX import SummaryWriter
 from launch.checkpoints import Checkpoints
 from launch.distributed import process_batch, shard_state, state_shardings
 
+OPTIMIZERS = ("adamw", "muon")
+
+
+def wsd_schedule(train, peak: float) -> optax.Schedule:
+    """Warmup-stable-decay: linear warmup to `peak`, constant, linear decay to 0 at the end."""
+    stable = max(train.steps - train.warmup_steps - train.decay_steps, 0)
+    return optax.join_schedules([
+        optax.linear_schedule(0.0, peak, max(train.warmup_steps, 1)),
+        optax.constant_schedule(peak),
+        optax.linear_schedule(peak, 0.0, max(train.decay_steps, 1)),
+    ], boundaries=[train.warmup_steps, train.warmup_steps + stable])
+
+
+def muon_labels(params):
+    """"muon" for the 2-D weights inside transformer blocks (the hidden matrices), "adamw" for
+    everything else: embeddings, register and level tables, readouts, norms (the Muon recipe)."""
+    def label(path, leaf):
+        return "muon" if leaf.ndim == 2 and ".blocks[" in jax.tree_util.keystr(path) else "adamw"
+    return jax.tree_util.tree_map_with_path(label, params)
+
 
 def make_optimizer(train) -> optax.GradientTransformation:
-    """AdamW with a warmup-stable-decay schedule and global-norm clipping."""
-    stable = max(train.steps - train.warmup_steps - train.decay_steps, 0)
-    schedule = optax.join_schedules([
-        optax.linear_schedule(0.0, train.lr, max(train.warmup_steps, 1)),
-        optax.constant_schedule(train.lr),
-        optax.linear_schedule(train.lr, 0.0, max(train.decay_steps, 1)),
-    ], boundaries=[train.warmup_steps, train.warmup_steps + stable])
-    return optax.chain(optax.clip_by_global_norm(train.grad_clip),
-                       optax.adamw(schedule, b1=train.b1, b2=train.b2,
-                                   weight_decay=train.weight_decay))
+    """Global-norm clipping, then AdamW (`train.optimizer = "adamw"`) or Muon on the transformer
+    blocks' matrices with AdamW on the rest ("muon", peak rate `train.muon_lr`); both follow the
+    warmup-stable-decay schedule."""
+    if train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}.")
+    adamw = optax.adamw(wsd_schedule(train, train.lr), b1=train.b1, b2=train.b2,
+                        weight_decay=train.weight_decay)
+    if train.optimizer == "muon":
+        muon = optax.contrib.muon(wsd_schedule(train, train.muon_lr), beta=train.muon_beta,
+                                  weight_decay=train.weight_decay)
+        adamw = optax.multi_transform({"adamw": adamw, "muon": muon}, muon_labels)
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip), adamw)
 
 
 def _eta(seconds: float) -> str:

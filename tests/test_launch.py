@@ -238,6 +238,7 @@ def test_sharded_step_matches_one_device_and_restores_anywhere(tmp_path):
     ("eval.horizon", 40, "config.eval"),
     ("train.dynamics.batch", 3, "config.train.dynamics.batch"),
     ("data.sim_frame_skip", 0, "config.data.sim_frame_skip"),
+    ("train.tokenizer.optimizer", "sgd", "config.train.tokenizer.optimizer"),
 ])
 def test_invalid_config_fails_naming_the_field(field, value, message):
     config = calvin.get_config("tiny")
