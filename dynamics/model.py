@@ -6,6 +6,11 @@ tokens (`pack` adjacent latent tokens concatenated and projected to the model wi
 other; time layers are causal) runs over the blocks, and the spatial outputs are read out linearly
 to clean latents (x-prediction).
 
+The model works on standardised latents, (z - latent_mean) / latent_std, with the tokenizer
+latents' statistics (spec ambiguity 12: tanh latents have a std well below the unit noise, so
+without it even "slightly" re-noised context would bury the frame-to-frame change); the loss and
+the sampler convert with `normalise` / `denormalise`, so callers pass and get tokenizer latents.
+
 Signal level tau (0 = noise, 1 = clean) and step size d are embedded by `LevelEmbedding`: learned
 rows on a grid, linearly interpolated in between. On the grid (tau = j / k_max; d = 0 or
 2^i / k_max) it is exactly the paper's discrete lookup; off the grid (context frames at tau 0.9,
@@ -46,6 +51,8 @@ class DynamicsConfig:
     remat: bool = False
     compute_dtype: str = "float32"
     backend: str = "auto"
+    latent_mean: float = 0.0
+    latent_std: float = 1.0
 
     def __post_init__(self):
         if self.latent_tokens % self.pack:
@@ -57,6 +64,8 @@ class DynamicsConfig:
             raise ValueError(f"dynamics.width must be even (tau and d halves), got {self.width}.")
         if self.action_tokens < 1 or self.registers < 0:
             raise ValueError("dynamics.action_tokens must be >= 1 and dynamics.registers >= 0.")
+        if not self.latent_std > 0:
+            raise ValueError(f"dynamics latent_std must be positive, got {self.latent_std}.")
         check_compute_dtype(self.compute_dtype)
 
     @property
@@ -122,6 +131,13 @@ class Dynamics(eqx.Module):
             key=keys[5])
         self.readout = Linear(c.width, packed, compute_dtype=c.compute_dtype, key=keys[6])
         self.config = config
+
+    def normalise(self, z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        """Tokenizer latents -> the model's standardised latents."""
+        return (z - self.config.latent_mean) / self.config.latent_std
+
+    def denormalise(self, z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        return z * self.config.latent_std + self.config.latent_mean
 
     def embed(self, z, tau, d, actions, has_action):
         """Token blocks [batch, time, tokens_per_frame, width] (float32)."""

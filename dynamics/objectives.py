@@ -1,7 +1,8 @@
 """Training objectives: shortcut forcing (default) and MeanFlow, both in x-space with a ramp weight.
 
 Conventions (dreamer4_spec.md sections 0, 3, 7): signal level tau, 0 = noise and 1 = clean;
-z_tau = (1 - tau) z0 + tau z1 with z0 ~ N(0, I); the model predicts clean latents z1_hat.
+z_tau = (1 - tau) z0 + tau z1 with z0 ~ N(0, I), z1 the standardised latents
+(`Dynamics.normalise`); the model predicts clean latents z1_hat.
 
 Shortcut forcing, per frame (diffusion forcing: every frame draws its own tau and d):
 - flow rows: d = d_min = 1 / k_max, loss ||z1_hat - z1||^2;
@@ -109,11 +110,13 @@ def dynamics_loss(
     mean_fraction: float = 0.25,
     image_fraction: float = 0.3,
 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
-    """Weighted x-space loss and metrics; actions in the model convention (`align_actions`)."""
+    """Weighted x-space loss (in standardised units) and metrics; tokenizer latents, actions in
+    the model convention (`align_actions`)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"dynamics objective must be one of {OBJECTIVES}, got {objective!r}.")
     batch, time = has_action.shape
     k_max = model.config.k_max
+    latents = model.normalise(latents)
     k_levels, k_noise, k_image, k_mean, k_span = jax.random.split(key, 5)
     is_image, time_mask = image_rows_mask(k_image, batch, time, image_fraction)
     has_action = has_action & ~is_image[:, None]

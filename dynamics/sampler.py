@@ -13,7 +13,8 @@ Context frames are prefilled the same way, all at once. Noise is drawn per frame
 
 `generate_uncached` recomputes the whole window of the last `capacity` frames for every denoising
 step (fixed shapes, so it compiles once too); it is the reference for tests and benchmarks.
-Actions are in the model convention (see `dynamics.actions.align_actions`).
+Context and output are tokenizer latents (standardised inside, `Dynamics.normalise`); actions are
+in the model convention (see `dynamics.actions.align_actions`).
 """
 
 import functools
@@ -97,6 +98,7 @@ def generate(
     batch, frames = context.shape[:2]
     total = has_action.shape[1]
     capacity, first = _window(model, frames, total, steps, capacity)
+    context = model.normalise(context)
     caches = model.init_caches(batch, capacity)
     caches = prefill(model, caches, context[:, first:], actions[:, first:frames],
                      has_action[:, first:frames], key, jnp.asarray(first, jnp.int32),
@@ -107,7 +109,7 @@ def generate(
                                jnp.asarray(t, jnp.int32), steps=steps,
                                context_signal=context_signal)
         out.append(z)
-    return jnp.stack(out, axis=1)
+    return model.denormalise(jnp.stack(out, axis=1))
 
 
 def _window(model, frames, total, steps, capacity):
@@ -149,7 +151,7 @@ def generate_uncached(model, context, actions, has_action, *, key, steps=4, cont
     batch, frames = context.shape[:2]
     total = has_action.shape[1]
     capacity, start = _window(model, frames, total, steps, capacity)  # start: frame in slot 0
-    kept = context[:, start:]
+    kept = model.normalise(context[:, start:])
     z_window = jnp.zeros((batch, capacity, *context.shape[2:]), jnp.float32)
     z_window = z_window.at[:, :kept.shape[1]].set(
         renoise(kept, context_noise(key, jnp.asarray(start, jnp.int32), kept), context_signal))
@@ -170,4 +172,4 @@ def generate_uncached(model, context, actions, has_action, *, key, steps=4, cont
             model, z_window, tau_window, d_window, acts, has, key, jnp.asarray(t, jnp.int32),
             jnp.asarray(t - start, jnp.int32), steps=steps, context_signal=context_signal)
         out.append(z)
-    return jnp.stack(out, axis=1)
+    return model.denormalise(jnp.stack(out, axis=1))

@@ -82,13 +82,18 @@ def action_spec(config, layout: dict) -> ActionSpec:
         raise ConfigError(f"config.data.action_classes: {error}") from error
 
 
-def dynamics_config(config, action: ActionSpec) -> DynamicsConfig:
+def dynamics_config(config, action: ActionSpec, latent_stats: dict | None = None
+                    ) -> DynamicsConfig:
+    """The dynamics sizes; `latent_stats` ({"mean", "std"} of the training latents, from the
+    latents stage) sets the model's standardisation (default: none)."""
     tok = tokenizer_config(config)
     fields = _fields(config.dynamics)
     fields["kv_heads"] = fields["kv_heads"] or None
+    stats = latent_stats or {"mean": 0.0, "std": 1.0}
     try:
         return DynamicsConfig(latent_tokens=tok.n_latents, latent_dim=tok.latent_dim,
-                              action=action, **fields)
+                              action=action, latent_mean=stats["mean"],
+                              latent_std=stats["std"], **fields)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.dynamics: {error}") from error
 

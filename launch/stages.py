@@ -110,7 +110,8 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
 def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
                  progress: bool = True) -> None:
     """Writes `encode(frames)` of every clip shard as a latent shard with the same layout
-    (actions and has_action copied); shards already written are skipped."""
+    (actions and has_action copied; shards already written are skipped), then the index with
+    the training latents' `latent_stats`."""
     index = read_index(clips_dir)
     shards = [(split, name) for split, listed in index["shards"].items() for name, n in listed
               if n > 0]
@@ -130,12 +131,32 @@ def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
                                "has_action": np.asarray(arrays["has_action"])}, clips)
         if progress:
             bar.update()
+    index["latent_stats"] = latent_stats(latents_dir, [name for split, name in shards
+                                                       if split == "train"])
     write_json(os.path.join(latents_dir, "index.json"), index)
 
 
+def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int = 64
+                 ) -> dict[str, float]:
+    """{"mean", "std"} over every value of the first `max_shards` training latent shards
+    (float64): the dynamics model standardises latents with them."""
+    if not train_shards:
+        raise ValueError(f"{latents_dir}: no training clips to take latent statistics from.")
+    values = np.concatenate([
+        np.asarray(open_shard(os.path.join(latents_dir, "train", name))["latents"],
+                   np.float64).ravel() for name in train_shards[:max_shards]])
+    return {"mean": float(values.mean()), "std": float(max(values.std(), 1e-6))}
+
+
 def dynamics_model(config, work: Workdir) -> Dynamics:
-    spec = settings.action_spec(config, read_index(work.latents)["plan"]["action"])
-    return Dynamics(settings.dynamics_config(config, spec), key=jax.random.key(config.seed + 2))
+    index = read_index(work.latents)
+    if "latent_stats" not in index:
+        raise FileNotFoundError(f"{work.latents}/index.json has no latent_stats (written by an "
+                                "older version); run the 'latents' stage again "
+                                "(--config.stages=latents): it keeps the encoded shards.")
+    spec = settings.action_spec(config, index["plan"]["action"])
+    return Dynamics(settings.dynamics_config(config, spec, index["latent_stats"]),
+                    key=jax.random.key(config.seed + 2))
 
 
 def dynamics_loss_fn(config):

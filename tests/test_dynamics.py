@@ -66,10 +66,12 @@ def test_sample_levels_grid():
                                [0.1, 0.55, 1.0])
 
 
-@pytest.mark.parametrize("bootstrap_rows", [0, 2])
-def test_shortcut_loss_matches_float64_reference(bootstrap_rows):
-    """The loss equals the spec's formulas evaluated in float64 on the same noise and levels."""
-    model, (z1, actions, has) = _model(), _batch()
+@pytest.mark.parametrize("bootstrap_rows,mean,std", [(0, 0.0, 1.0), (2, 0.0, 1.0),
+                                                     (2, 0.2, 0.5)])
+def test_shortcut_loss_matches_float64_reference(bootstrap_rows, mean, std):
+    """The loss equals the spec's formulas evaluated in float64 on the same noise and levels,
+    on latents standardised with the model's (mean, std)."""
+    model, (z1, actions, has) = _model(latent_mean=mean, latent_std=std), _batch()
     key = jax.random.key(3)
     loss, _ = objectives.dynamics_loss(model, z1, actions, has, key=key,
                                        bootstrap_rows=bootstrap_rows, image_fraction=0.4)
@@ -79,7 +81,7 @@ def test_shortcut_loss_matches_float64_reference(bootstrap_rows):
     tau, d = (np.asarray(x, np.float64) for x in objectives.sample_levels(k_levels, 3, 5, 8,
                                                                           bootstrap_rows))
     z0 = np.asarray(jax.random.normal(k_noise, z1.shape), np.float64)
-    z1 = np.asarray(z1, np.float64)
+    z1 = (np.asarray(z1, np.float64) - mean) / std
     f = lambda z, t, s: np.asarray(model(jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32),
                                          jnp.asarray(s, jnp.float32), actions, has,
                                          time_mask=time_mask), np.float64)
@@ -130,6 +132,17 @@ def test_cached_generation_equals_uncached(capacity):
     uncached = generate_uncached(model, z1[:, :2], actions, has, **kw)
     assert cached.shape == (2, 8, 4, 3)
     np.testing.assert_allclose(cached, uncached, rtol=1e-4, atol=1e-4)
+
+
+def test_generation_standardises_context_and_output():
+    """A model with latent statistics (m, s) generates m + s x what the same weights without
+    them generate from the standardised context."""
+    (z1, actions, has), kw = _batch(b=2, t=6), dict(key=jax.random.key(5), steps=2)
+    plain, scaled = _model(seed=1), _model(seed=1, latent_mean=0.3, latent_std=0.4)
+    want = 0.3 + 0.4 * generate(plain, (z1[:, :2] - 0.3) / 0.4, actions, has, **kw)
+    for sampler in (generate, generate_uncached):
+        np.testing.assert_allclose(sampler(scaled, z1[:, :2], actions, has, **kw), want,
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_generation_compiles_once():
@@ -190,6 +203,8 @@ def test_config_errors():
         _model(pack=3)
     with pytest.raises(ValueError, match="k_max"):
         _model(k_max=12)
+    with pytest.raises(ValueError, match="latent_std"):
+        _model(latent_std=0.0)
     model, (z1, actions, has) = _model(), _batch()
     with pytest.raises(ValueError, match="sampling steps"):
         generate(model, z1[:, :2], actions, has, key=jax.random.key(0), steps=16)

@@ -43,6 +43,11 @@ def test_every_stage_end_to_end(tmp_path):
     for name in ("psnr_over_horizon.png", "rollout_0.mp4", "rollout_0.gif"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
     assert any((tmp_path / "logs" / "dynamics").iterdir())  # TensorBoard events
+    stats = json.loads((tmp_path / "latents" / "index.json").read_text())["latent_stats"]
+    train = tmp_path / "latents" / "train"
+    values = np.concatenate([np.load(shard / "latents.npy").ravel() for shard in train.iterdir()])
+    np.testing.assert_allclose([stats["mean"], stats["std"]], [values.mean(), values.std()],
+                               rtol=1e-4)
     before = os.path.getmtime(tmp_path / "latents" / "index.json")
     config.stages = "data,tokenizer,latents,dynamics"
     run(config, str(tmp_path))
