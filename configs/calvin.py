@@ -10,8 +10,9 @@ every 3), decoder 512/4/8 (time every 2); dynamics 768 wide, 8 blocks, 12 heads,
 4 registers, K_max 128; sequences of 96 with short batches of 24; AdamW 3e-4 (b 0.9/0.9, wd
 1e-4) with warmup-stable-decay; bootstrap after 5k steps. These are the sizes known to train on
 CALVIN (shared/docs/lessons.md); they fit one GPU.
-small: 48x48 frames, a few minutes per stage on 2 CPU cores; the simulator records at 10 Hz
-(`sim_frame_skip=3`), so the 16-step evaluation horizon spans 1.6 s of arm motion.
+small: 48x48 frames, a few minutes per stage on 2 CPU cores; the simulator records 96 training
+episodes at 10 Hz (`sim_frame_skip=3`), so the 16-step evaluation horizon spans 1.6 s of arm
+motion.
 tiny: seconds per stage, for tests.
 """
 
@@ -41,7 +42,7 @@ def get_config(variant: str | None = None):
         config.eval.update(dict(context_frames=16, horizon=32, rollouts=64, batch=16))
     elif variant == "small":
         small_cpu_sizes(config, image_size=48, patch=6)
-        config.data.update(dict(sim_train_episodes=48, sim_eval_episodes=6,
+        config.data.update(dict(sim_train_episodes=96, sim_eval_episodes=6,
                                 sim_episode_length=96, sim_render_size=96, sim_frame_skip=3))
     else:
         tiny_test_sizes(config)

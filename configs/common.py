@@ -92,14 +92,14 @@ def small_cpu_sizes(config, *, image_size, patch: int) -> None:
                                  dec_time_every=2, p_max=0.25))
     config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
                                 registers=2, k_max=16))
-    config.train.tokenizer.update(dict(steps=1200, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
-                                       warmup_steps=50, decay_steps=300, checkpoint_every=300,
+    config.train.tokenizer.update(dict(steps=2000, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
+                                       warmup_steps=50, decay_steps=500, checkpoint_every=500,
                                        log_every=100))
     config.train.dynamics.update(dict(steps=1000, batch=16, seq_lengths=(8, 16),
                                       length_weights=(0.75, 0.25), lr=1e-3, warmup_steps=100,
                                       decay_steps=200, bootstrap_start=500,
                                       checkpoint_every=250, log_every=100))
-    config.eval.update(dict(context_frames=8, horizon=16, rollouts=12, batch=12))
+    config.eval.update(dict(context_frames=8, horizon=16, rollouts=24, batch=12))
 
 
 def tiny_test_sizes(config) -> None:
