@@ -47,11 +47,12 @@ def make_optimizer(train) -> optax.GradientTransformation:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}.")
     adamw = optax.adamw(wsd_schedule(train, train.lr), b1=train.b1, b2=train.b2,
                         weight_decay=train.weight_decay)
+    update = adamw
     if train.optimizer == "muon":
         muon = optax.contrib.muon(wsd_schedule(train, train.muon_lr), beta=train.muon_beta,
                                   weight_decay=train.weight_decay)
-        adamw = optax.multi_transform({"adamw": adamw, "muon": muon}, muon_labels)
-    return optax.chain(optax.clip_by_global_norm(train.grad_clip), adamw)
+        update = optax.multi_transform({"adamw": adamw, "muon": muon}, muon_labels)
+    return optax.chain(optax.clip_by_global_norm(train.grad_clip), update)
 
 
 def _eta(seconds: float) -> str:
