@@ -46,3 +46,13 @@ def write_rows_json(path: str | None, rows: list[dict], **extra) -> None:
         with open(path, "w") as f:
             json.dump({"device": str(jax.devices()[0]), "jax": jax.__version__, **extra,
                        "rows": rows}, f, indent=1)
+
+
+def print_rows(rows: list[dict], columns: list[tuple[str, str, object]]) -> None:
+    """A fixed-width table: each column is (header, alignment + width such as ">9" or "<8",
+    the row's text: a key formatted with str, or a function of the row returning a string)."""
+    cell = lambda value, spec: f"{value:{spec}}"
+    print(" ".join(cell(header, spec) for header, spec, _ in columns))
+    for row in rows:
+        print(" ".join(cell(text(row) if callable(text) else str(row[text]), spec)
+                       for _, spec, text in columns))

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from jaxtyping import Array, Bool, Float
 
-from core.timing import call_seconds, compile_timed, peak_memory_mb, write_rows_json
+from core.timing import call_seconds, compile_timed, peak_memory_mb, print_rows, write_rows_json
 from dynamics.actions import ActionSpec, random_actions
 from dynamics.model import Dynamics, DynamicsConfig
 from dynamics.sampler import _uncached_frame, context_noise, next_frame, prefill, renoise
@@ -152,14 +152,16 @@ def bench_row(name: str, model: Dynamics, batch: int, context: int, *, steps: in
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'model':7} {'batch':>5} {'ctx':>4} {'cached f/s':>10} {'uncached f/s':>12} "
-          f"{'ratio':>6} {'best ratio':>10} {'compile s c/u':>14} {'fn MiB c/u':>14} "
-          f"{'peak MiB':>9}")
-    for r in rows:
-        print(f"{r['model']:7} {r['batch']:5d} {r['context']:4d} {r['cached_fps']:10.2f} "
-              f"{r['uncached_fps']:12.3f} {r['ratio']:6.1f} {r['best_ratio']:10.1f} "
-              f"{r['cached_compile_s']:6.1f}/{r['uncached_compile_s']:<7.1f} "
-              f"{r['cached_fn_mb']:6.0f}/{r['uncached_fn_mb']:<7.0f} {r['peak_mb']:9.0f}")
+    print_rows(rows, [
+        ("model", "<7", "model"), ("batch", ">5", "batch"), ("ctx", ">4", "context"),
+        ("cached f/s", ">10", lambda r: f"{r['cached_fps']:.2f}"),
+        ("uncached f/s", ">12", lambda r: f"{r['uncached_fps']:.3f}"),
+        ("ratio", ">6", lambda r: f"{r['ratio']:.1f}"),
+        ("best ratio", ">10", lambda r: f"{r['best_ratio']:.1f}"),
+        ("compile s c/u", ">14",
+         lambda r: f"{r['cached_compile_s']:.1f}/{r['uncached_compile_s']:.1f}"),
+        ("fn MiB c/u", ">14", lambda r: f"{r['cached_fn_mb']:.0f}/{r['uncached_fn_mb']:.0f}"),
+        ("peak MiB", ">9", lambda r: f"{r['peak_mb']:.0f}")])
 
 
 def floor_row(name: str, config: DynamicsConfig, batch: int, context: int, *, steps: int,

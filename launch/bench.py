@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from core.timing import call_seconds, compile_timed, peak_memory_mb, write_rows_json
+from core.timing import call_seconds, compile_timed, peak_memory_mb, print_rows, write_rows_json
 from core.training import init_state, make_train_step
 from data.clips import ClipSettings, prepare_clips
 from data.episode import NoiseEpisode
@@ -218,15 +218,18 @@ def floor_row(name: str, config, stage: str, batch: int, frames: int, peak: floa
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'config':8} {'stage':9} {'batch':>5} {'T':>4} {'ms/step':>8} {'tok/s':>9} "
-          f"{'GFLOP':>8} {'MFU':>6} {'attn':>5} {'mlp':>5} {'data ms':>8} {'host ms':>8} "
-          f"{'step MiB':>9} {'peak MiB':>9}")
-    for r in rows:
-        print(f"{r['config']:8} {r['stage']:9} {r['batch']:5d} {r['frames']:4d} "
-              f"{r['ms_per_step']:8.1f} {r['tokens_per_s']:9.0f} {r['model_gflop_per_step']:8.1f} "
-              f"{r['mfu']:6.1%} {r['attention_share']:5.0%} {r['mlp_share']:5.0%} "
-              f"{r['data_ms_per_batch']:8.1f} {r['host_overhead_ms']:8.1f} {r['step_mb']:9.0f} "
-              f"{r['peak_mb']:9.0f}")
+    print_rows(rows, [
+        ("config", "<8", "config"), ("stage", "<9", "stage"), ("batch", ">5", "batch"),
+        ("T", ">4", "frames"), ("ms/step", ">8", lambda r: f"{r['ms_per_step']:.1f}"),
+        ("tok/s", ">9", lambda r: f"{r['tokens_per_s']:.0f}"),
+        ("GFLOP", ">8", lambda r: f"{r['model_gflop_per_step']:.1f}"),
+        ("MFU", ">6", lambda r: f"{r['mfu']:.1%}"),
+        ("attn", ">5", lambda r: f"{r['attention_share']:.0%}"),
+        ("mlp", ">5", lambda r: f"{r['mlp_share']:.0%}"),
+        ("data ms", ">8", lambda r: f"{r['data_ms_per_batch']:.1f}"),
+        ("host ms", ">8", lambda r: f"{r['host_overhead_ms']:.1f}"),
+        ("step MiB", ">9", lambda r: f"{r['step_mb']:.0f}"),
+        ("peak MiB", ">9", lambda r: f"{r['peak_mb']:.0f}")])
 
 
 def define_flags() -> None:
