@@ -139,13 +139,19 @@ def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
 def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int = 64
                  ) -> dict[str, float]:
     """{"mean", "std"} over every value of the first `max_shards` training latent shards
-    (float64): the dynamics model standardises latents with them."""
+    (float64 sums, one shard in memory at a time): the dynamics model standardises with them."""
     if not train_shards:
         raise ValueError(f"{latents_dir}: no training clips to take latent statistics from.")
-    values = np.concatenate([
-        np.asarray(open_shard(os.path.join(latents_dir, "train", name))["latents"],
-                   np.float64).ravel() for name in train_shards[:max_shards]])
-    return {"mean": float(values.mean()), "std": float(max(values.std(), 1e-6))}
+    count = total = squares = 0.0
+    for name in train_shards[:max_shards]:
+        values = np.asarray(open_shard(os.path.join(latents_dir, "train", name))["latents"],
+                            np.float64)
+        count += values.size
+        total += values.sum()
+        squares += np.square(values).sum()
+    mean = total / count
+    std = np.sqrt(max(squares / count - mean**2, 0.0))
+    return {"mean": float(mean), "std": float(max(std, 1e-6))}
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:
