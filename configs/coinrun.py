@@ -40,7 +40,7 @@ def get_config(variant: str | None = None):
         config.eval.update(dict(context_frames=8, horizon=32, rollouts=64, batch=16))
     elif variant == "small":
         small_cpu_sizes(config, image_size=64, patch=8)
-        config.data.update(dict(gen_episodes=36, gen_max_length=200))
+        config.data.update(dict(gen_episodes=48, gen_max_length=200, coinrun_levels=4))
     else:
         tiny_test_sizes(config)
     return config

@@ -5,8 +5,8 @@ Fields (every size lives here, none in code):
   `path`, by default `<workdir>/source`), frame `image_size` (side, or (height, width)), clip
   `clip_length` / `clip_stride`, held-out `eval_fraction`, `workers`, `skip_bad`,
   `action_classes` (class count per part of discrete or multi-part actions; empty: the source's
-  own), and the generators' sizes (`sim_*`, `gen_episodes`, `gen_max_length`,
-  `craftax_classic`);
+  own), and the generators' settings (`sim_*`, `gen_episodes`, `gen_max_length`,
+  `craftax_classic`, `coinrun_levels`: distinct CoinRun levels, 0 for one per episode);
 - tokenizer: `tokenizer.TokenizerConfig` fields (image_size comes from data);
 - dynamics: `dynamics.DynamicsConfig` fields (latent sizes and actions come from tokenizer/data);
 - train.tokenizer / train.dynamics: steps, batch, sequence lengths, optimizer and schedule,
@@ -55,7 +55,8 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         eval_fraction=0.1, workers=2, skip_bad=False, action_classes=(),
         sim_train_episodes=64, sim_eval_episodes=8, sim_episode_length=120, sim_render_size=200,
         sim_frame_skip=1,
-        gen_episodes=100, gen_max_length=1000, craftax_classic=True, loader_threads=2,
+        gen_episodes=100, gen_max_length=1000, craftax_classic=True, coinrun_levels=0,
+        loader_threads=2,
     ))
     config.tokenizer = ml_collections.ConfigDict(dict(
         patch=8, n_latents=16, latent_dim=32, enc_width=128, enc_depth=4, enc_heads=4,

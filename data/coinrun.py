@@ -6,9 +6,12 @@ is taken after seeing `frames[t]`. An episode starts at a level's first frame an
 game does (death, coin, or procgen's time limit; the frame after the last action is the next
 level's, so it is not stored) or after `max_length` frames. Episode k is drawn from
 `np.random.default_rng((seed, k))`: its first draw, `integers(2**31 - 1)`, is the level
-(`start_level`, `num_levels=1`), the next draws `integers(15)` are the actions in order. So output
-depends only on the settings, not on the number of worker processes, and a repeated run keeps
-finished episodes (`coinrun.json` records the settings).
+(`start_level`, `num_levels=1`), the next draws `integers(15)` are the actions in order. With
+`levels` = L > 0 the episodes cycle through L levels instead: episode k plays level
+`default_rng(seed).integers(2**31 - 1, size=L)[k % L]` (its own first draw is then unused), so
+held-out episodes replay training levels with other actions. Output depends only on the
+settings, not on the number of worker processes, and a repeated run keeps finished episodes
+(`coinrun.json` records the settings).
 
 procgen comes from the `procgen-mirror` wheels. Their metadata pins numpy<2, but they run with
 numpy 2, so install without dependencies (`INSTALL`); it is imported only here.
@@ -32,12 +35,22 @@ INSTALL = (
 @dataclasses.dataclass(frozen=True)
 class CoinRunSettings:
     """What to generate: episode count, frames per episode at most, seed, procgen difficulty
-    ("hard" is procgen's default, "easy" the usual RL benchmark setting)."""
+    ("hard" is procgen's default, "easy" the usual RL benchmark setting), and how many distinct
+    levels the episodes cycle through (0: a new level per episode)."""
 
     episodes: int = 100
     max_length: int = 1000
     seed: int = 0
     distribution_mode: str = "hard"
+    levels: int = 0
+
+    def level(self, index: int, rng: np.random.Generator) -> int:
+        """Episode `index`'s level; takes the first draw of its generator `rng` either way."""
+        own = int(rng.integers(2**31 - 1))
+        if self.levels == 0:
+            return own
+        pool = np.random.default_rng(self.seed).integers(2**31 - 1, size=self.levels)
+        return int(pool[index % self.levels])
 
 
 def _procgen_env():
@@ -55,7 +68,7 @@ def coinrun_episode(index: int, settings: CoinRunSettings) -> tuple[np.ndarray, 
     """Plays episode `index` with random actions; returns (frames, actions) as documented."""
     rng = np.random.default_rng((settings.seed, index))
     env = _procgen_env()(
-        num=1, env_name="coinrun", start_level=int(rng.integers(2**31 - 1)), num_levels=1,
+        num=1, env_name="coinrun", start_level=settings.level(index, rng), num_levels=1,
         distribution_mode=settings.distribution_mode,
     )  # fmt: skip
     _, observation, _ = env.observe()

@@ -70,6 +70,7 @@ def generate_source(
     episodes: int = 100,
     max_length: int = 1000,
     craftax_classic: bool = True,
+    coinrun_levels: int = 0,
 ) -> tuple[int, int] | None:
     """Runs the generator of `sim`, `coinrun` or `craftax` at `path` (resumable; nothing for
     other formats). Returns the frame size its episodes have when the reader must be told (sim)."""
@@ -78,7 +79,8 @@ def generate_source(
         generate_calvin_dataset(path, sim, num_workers=workers)
         return (sim.image_size, sim.image_size)
     if data_format == "coinrun":
-        generate_coinrun(path, CoinRunSettings(episodes, max_length, seed), num_workers=workers)
+        settings = CoinRunSettings(episodes, max_length, seed, levels=coinrun_levels)
+        generate_coinrun(path, settings, num_workers=workers)
     elif data_format == "craftax":
         generate_craftax(path, CraftaxSettings(episodes, max_length, seed, craftax_classic))
     return None
@@ -103,6 +105,7 @@ _SIM_FRAME_SKIP = flags.DEFINE_integer("sim_frame_skip", 1, "sim: 30 Hz steps pe
 _GEN_EPISODES = flags.DEFINE_integer("gen_episodes", 100, "coinrun/craftax: episodes")
 _GEN_MAX_LENGTH = flags.DEFINE_integer("gen_max_length", 1000, "coinrun/craftax: frames at most")
 _CRAFTAX_CLASSIC = flags.DEFINE_bool("craftax_classic", True, "craftax: Classic (else full)")
+_COINRUN_LEVELS = flags.DEFINE_integer("coinrun_levels", 0, "coinrun: levels (0: one per episode)")
 
 
 def main(argv):
@@ -116,7 +119,7 @@ def main(argv):
     frame_size = generate_source(
         _FORMAT.value, _PATH.value, seed=_SEED.value, workers=_WORKERS.value, sim=sim,
         episodes=_GEN_EPISODES.value, max_length=_GEN_MAX_LENGTH.value,
-        craftax_classic=_CRAFTAX_CLASSIC.value,
+        craftax_classic=_CRAFTAX_CLASSIC.value, coinrun_levels=_COINRUN_LEVELS.value,
     )  # fmt: skip
     if _FORMAT.value == "vpt":
         frame_size = image_size  # decode VPT at the clip size

@@ -110,6 +110,9 @@ def validate(config, device_count: int) -> None:
     if config.data.sim_frame_skip < 1:
         raise ConfigError(f"config.data.sim_frame_skip must be >= 1 (30 Hz control steps per "
                           f"recorded frame), got {config.data.sim_frame_skip}.")
+    if config.data.coinrun_levels < 0:
+        raise ConfigError(f"config.data.coinrun_levels must be >= 0 (0: a new level per "
+                          f"episode), got {config.data.coinrun_levels}.")
     tokenizer_config(config)
     dynamics_config(config, ActionSpec("continuous", dim=1))  # the action comes with the data
     clip = config.data.clip_length

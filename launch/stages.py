@@ -51,7 +51,8 @@ def data_stage(config, work: Workdir) -> None:
     frame_size = generate_source(data.format, path, seed=config.seed, workers=data.workers,
                                  sim=sim, episodes=data.gen_episodes,
                                  max_length=data.gen_max_length,
-                                 craftax_classic=data.craftax_classic)
+                                 craftax_classic=data.craftax_classic,
+                                 coinrun_levels=data.coinrun_levels)
     size = settings.image_size(config)
     if data.format == "vpt":
         frame_size = size  # decode at the clip size

@@ -70,3 +70,26 @@ def test_coinrun_episodes_replay_deterministic_resumable(tmp_path):
             np.testing.assert_array_equal(a[name][key], b[name][key], err_msg=name + key)
     with pytest.raises(DataError, match="other settings"):
         generate_coinrun(str(tmp_path / "a"), CoinRunSettings(episodes=3, seed=6))
+
+
+def test_level_pool_cycles_through_levels():
+    own = CoinRunSettings(seed=3)
+    pooled = CoinRunSettings(seed=3, levels=2)
+    pool = np.random.default_rng(3).integers(2**31 - 1, size=2)
+    for k in range(5):
+        fresh = np.random.default_rng((3, k))
+        first_draw, first_action = int(fresh.integers(2**31 - 1)), fresh.integers(COINRUN_ACTIONS)
+        assert own.level(k, np.random.default_rng((3, k))) == first_draw
+        rng = np.random.default_rng((3, k))
+        assert pooled.level(k, rng) == pool[k % 2]
+        # The episode's own first draw is consumed either way: its actions are the same draws.
+        assert rng.integers(COINRUN_ACTIONS) == first_action
+
+
+def test_pooled_episodes_replay_their_level(tmp_path):
+    pytest.importorskip("procgen")
+    generate_coinrun(str(tmp_path), CoinRunSettings(episodes=3, max_length=4, levels=2),
+                     progress=False)
+    first = [read_all(tmp_path)[f"episode_{k:06d}.npz"]["frames"][0] for k in range(3)]
+    np.testing.assert_array_equal(first[0], first[2])  # episodes 0 and 2 play level pool[0]
+    assert np.abs(first[0].astype(int) - first[1]).mean() > 1  # episode 1 another level
