@@ -23,7 +23,7 @@ from data.jobs import Progress
 from data.loader import make_loader
 from data.prepare import episode_splits, generate_source
 from data.sim_demos import SimSettings
-from dynamics import Dynamics, align_actions, dynamics_loss
+from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
 from launch import settings
 from launch.trainer import make_optimizer, restore_state, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
@@ -155,6 +155,28 @@ def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int =
     return {"mean": float(mean), "std": float(max(std, 1e-6))}
 
 
+def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> None:
+    """Raises ConfigError if a known discrete / multi-part action of any latent shard lies
+    outside 0 .. classes - 1 of its part (the embedding lookup would silently clamp it)."""
+    if spec.kind == "continuous":
+        return
+    classes = np.asarray(spec.classes)
+    for split, listed in index["shards"].items():
+        for name, count in listed:
+            if count == 0:
+                continue
+            shard = open_shard(os.path.join(latents_dir, split, name))
+            known = np.asarray(shard["has_action"]).reshape(-1)
+            actions = np.asarray(shard["actions"]).reshape(known.size, len(classes))[known]
+            if actions.size and (actions.min() < 0 or np.any(actions.max(axis=0) >= classes)):
+                raise settings.ConfigError(
+                    f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
+                    f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} (per "
+                    f"part), outside the classes {spec.classes}; actions must be 0 .. classes - 1,"
+                    " so give at least the largest action + 1 per part "
+                    "(--config.data.action_classes=...).")
+
+
 def dynamics_model(config, work: Workdir) -> Dynamics:
     index = read_index(work.latents)
     if "latent_stats" not in index:
@@ -188,6 +210,8 @@ def dynamics_stage(config, work: Workdir, mesh) -> None:
     train_config = config.train.dynamics
     step = make_train_step(dynamics_loss_fn(config), make_optimizer(train_config),
                            static_argnames=("bootstrap_rows",))
+    index = read_index(work.latents)
+    check_action_classes(work.latents, index, settings.action_spec(config, index["plan"]["action"]))
     rows = round(train_config.bootstrap_fraction * train_config.batch)
     train("dynamics", work.root, new_dynamics_state(config, work), step,
           _loader(config, work.latents, train_config), train_config, mesh,

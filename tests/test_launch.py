@@ -75,10 +75,11 @@ def test_own_episodes_folder_with_discrete_actions(tmp_path):
     run(config, str(tmp_path / "run"))
     summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS and all(np.isfinite(summary["rollout.psnr"]))
-    config.data.action_classes = (4, 4)
     config.stages = "dynamics"
-    with pytest.raises(settings.ConfigError, match=r"config\.data\.action_classes"):
-        run(config, str(tmp_path / "run"))
+    for classes, message in (((4, 4), "with 1 part"), ((3,), r"to \[3\] .* classes \(3,\)")):
+        config.data.action_classes = classes  # the data's actions are 0 .. 3
+        with pytest.raises(settings.ConfigError, match=r"config\.data\.action_classes.*" + message):
+            run(config, str(tmp_path / "run"))
 
 
 class CountingLoader:
