@@ -18,7 +18,7 @@ from data.episode import (
     ActionSpec,
     DataError,
     EpisodeChunk,
-    SkipLog,
+    keep_good,
     npz_member_shapes,
 )
 
@@ -111,20 +111,14 @@ def calvin_episodes(
             "inclusive (start, end) frame ids"
         )
     present = set(os.listdir(split_dir))
-    log = SkipLog(skip_bad, "CALVIN segments")
-    episodes = []
-    for first_id, last_id in segments.tolist():
-        episode = CalvinEpisode(split_dir, int(first_id), int(last_id), tuple(frame_size))
-        try:
-            _check_segment(episode, present)
-        except DataError as e:
-            log.bad(e)
-            continue
-        episodes.append(episode)
-    log.warn(len(segments))
-    if not episodes:
-        raise DataError(f"{split_dir}: every segment was bad and skipped; nothing to read")
-    return episodes
+
+    def describe(segment, _):
+        episode = CalvinEpisode(split_dir, int(segment[0]), int(segment[1]), tuple(frame_size))
+        _check_segment(episode, present)
+        return episode
+
+    return keep_good(segments.tolist(), describe, skip_bad=skip_bad, what="CALVIN segments",
+                     where=split_dir)
 
 
 def _check_segment(episode: CalvinEpisode, present: set[str]) -> None:

@@ -127,27 +127,24 @@ def npz_member_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return shapes
 
 
-class SkipLog:
-    """Collects bad files when skipping is allowed, else raises; warns once with the count."""
-
-    def __init__(self, skip_bad: bool, what: str):
-        self.skip_bad = skip_bad
-        self.what = what
-        self.skipped: list[str] = []
-
-    def bad(self, error: DataError) -> None:
-        if not self.skip_bad:
-            raise error
-        self.skipped.append(str(error))
-
-    def warn(self, total: int) -> None:
-        if self.skipped:
-            warnings.warn(
-                f"skipped {len(self.skipped)} of {total} {self.what} (skip_bad=True); "
-                f"first: {self.skipped[0]}",
-                SkippedDataWarning,
-                stacklevel=3,
-            )
+def keep_good(items: Sequence, describe, *, skip_bad: bool, what: str, where: str) -> list:
+    """[describe(item, kept) for item in items], `kept` being the results so far. A DataError
+    raises, or with `skip_bad` leaves its item out (one warning with the count of `what` skipped);
+    DataError too if nothing is left."""
+    kept, skipped = [], []
+    for item in items:
+        try:
+            kept.append(describe(item, kept))
+        except DataError as error:
+            if not skip_bad:
+                raise
+            skipped.append(str(error))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} of {len(items)} {what} (skip_bad=True); first: "
+                      f"{skipped[0]}", SkippedDataWarning, stacklevel=3)
+    if not kept:
+        raise DataError(f"{where}: every one of the {what} was bad and skipped; nothing to read")
+    return kept
 
 
 NOISE_ACTIONS = ActionSpec("continuous", (7,))

@@ -19,7 +19,7 @@ from data.episode import (
     ActionSpec,
     DataError,
     EpisodeChunk,
-    SkipLog,
+    keep_good,
     npz_member_shapes,
 )
 from data.jobs import claim_folder
@@ -103,26 +103,19 @@ def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
             f"{folder}: no .npz episodes in it; save each episode with "
             "np.savez(path, frames=..., actions=...)"
         )
-    log = SkipLog(skip_bad, "episode files")
-    episodes = []
-    for file_name in names:
+
+    def describe(file_name, episodes):
         path = os.path.join(folder, file_name)
-        try:
-            episode = _describe(path, file_name[: -len(".npz")])
-            if episodes and episode.frame_size != episodes[0].frame_size:
-                raise DataError(
-                    f"{path}: frames are {episode.frame_size[0]}x{episode.frame_size[1]} but "
-                    f"{episodes[0].frame_size[0]}x{episodes[0].frame_size[1]} in "
-                    f"{episodes[0].path}; resize all episodes to one size"
-                )
-        except DataError as e:
-            log.bad(e)
-            continue
-        episodes.append(episode)
-    log.warn(len(names))
-    if not episodes:
-        raise DataError(f"{folder}: every episode file was bad and skipped; nothing to read")
-    return episodes
+        episode = _describe(path, file_name[: -len(".npz")])
+        if episodes and episode.frame_size != episodes[0].frame_size:
+            raise DataError(
+                f"{path}: frames are {episode.frame_size[0]}x{episode.frame_size[1]} but "
+                f"{episodes[0].frame_size[0]}x{episodes[0].frame_size[1]} in "
+                f"{episodes[0].path}; resize all episodes to one size"
+            )
+        return episode
+
+    return keep_good(names, describe, skip_bad=skip_bad, what="episode files", where=folder)
 
 
 def episode_file(folder: str, index: int) -> str:

@@ -37,7 +37,7 @@ import os
 
 import numpy as np
 
-from data.episode import ActionSpec, DataError, EpisodeChunk, SkipLog
+from data.episode import ActionSpec, DataError, EpisodeChunk, keep_good
 
 VPT_FRAME_SIZE = (224, 384)
 VPT_BUTTONS = (
@@ -254,14 +254,5 @@ def vpt_episodes(
         raise DataError(
             f"{folder}: no .mp4 segments in it; a VPT folder holds <id>.mp4 + <id>.jsonl pairs"
         )
-    log = SkipLog(skip_bad, "VPT segments")
-    episodes = []
-    for file_name in names:
-        try:
-            episodes.append(_describe(os.path.join(folder, file_name), frame_size))
-        except DataError as e:
-            log.bad(e)
-    log.warn(len(names))
-    if not episodes:
-        raise DataError(f"{folder}: every segment was bad and skipped; nothing to read")
-    return episodes
+    return keep_good(names, lambda name, _: _describe(os.path.join(folder, name), frame_size),
+                     skip_bad=skip_bad, what="VPT segments", where=folder)
