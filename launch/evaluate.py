@@ -12,7 +12,8 @@ On the first `eval.rollouts` held-out clips (episodes never seen in training):
 - speed: frames/s of cached and uncached generation at batch 1 with C frames of context.
 Per-frame PSNR is capped at 100 dB (identical frames), so summary.json holds finite numbers.
 Writes <workdir>/eval/summary.json, side-by-side videos and the PSNR plot, and the curves plus a
-sample strip (truth / reconstruction / imagination) to TensorBoard; prints a summary.
+sample strip (truth / reconstruction / imagination) and the rollout videos to TensorBoard;
+prints a summary.
 """
 
 import json
@@ -137,19 +138,21 @@ def eval_stage(config, work: Workdir, mesh) -> dict:
         "model": summary["rollout.psnr"], "copy last frame": summary["rollout.psnr_copy_last"],
         "model, shuffled actions": summary["rollout.psnr_shuffled_actions"]}, ylabel="PSNR (dB)")]
     truth8, imagined8 = np.asarray(to_uint8(truth)), np.asarray(to_uint8(imagined))
-    for i in range(min(ev.videos, count)):
-        frames = report.side_by_side(truth8[i], np.concatenate([truth8[i, :context],
-                                                                imagined8[i, future]]))
+    videos = [report.side_by_side(truth8[i], np.concatenate([truth8[i, :context],
+                                                             imagined8[i, future]]))
+              for i in range(min(ev.videos, count))]
+    for i, frames in enumerate(videos):
         paths += report.write_videos(os.path.join(work.eval, f"rollout_{i}"), frames)
     with open(os.path.join(work.eval, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    _to_tensorboard(work, summary, truth8, imagined8, np.asarray(to_uint8(recon)))
+    _to_tensorboard(work, summary, truth8, imagined8, np.asarray(to_uint8(recon)), videos)
     print_summary(summary, [os.path.join(work.eval, "summary.json"), *paths])
     return summary
 
 
-def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon) -> None:
-    """Per-step PSNR curves and sample strips (truth / reconstruction / imagination)."""
+def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon, videos) -> None:
+    """Per-step PSNR curves, a sample strip (truth / reconstruction / imagination) and the
+    side-by-side rollout videos (animated, tags eval/rollout_<i>)."""
     writer = SummaryWriter(os.path.join(work.logs, "eval"))
     for key in ("rollout.psnr", "rollout.psnr_copy_last", "rollout.psnr_shuffled_actions"):
         for step, value in enumerate(summary[key], start=1):
@@ -157,6 +160,8 @@ def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon) -> Non
     strip = np.concatenate([np.concatenate(list(rows), axis=1)
                             for rows in (truth[0], recon[0], imagined[0])], axis=0)
     writer.add_image("eval/truth_reconstruction_imagination", strip, dataformats="HWC")
+    for i, frames in enumerate(videos):
+        writer.file_writer.add_summary(report.gif_summary(f"eval/rollout_{i}", frames), 0)
     writer.close()
 
 

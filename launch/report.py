@@ -1,10 +1,13 @@
-"""What users look at: side-by-side videos (mp4 and gif) and the PSNR-over-horizon plot."""
+"""What users look at: side-by-side videos (mp4 and gif, also as TensorBoard summaries) and the
+PSNR-over-horizon plot."""
 
 import os
 
 import imageio.v2 as imageio
+import imageio.v3 as iio
 import matplotlib
 import numpy as np
+from tensorboardX.proto.summary_pb2 import Summary
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
@@ -24,8 +27,22 @@ def write_videos(stem: str, frames: np.ndarray, fps: int = 8) -> list[str]:
     height, width = frames.shape[1:3]
     padded = np.pad(frames, ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)))
     imageio.mimwrite(f"{stem}.mp4", list(padded), fps=fps, macro_block_size=16)
-    imageio.mimwrite(f"{stem}.gif", list(frames), duration=1000 / fps, loop=0)
+    with open(f"{stem}.gif", "wb") as f:
+        f.write(gif_bytes(frames, fps))
     return [f"{stem}.mp4", f"{stem}.gif"]
+
+
+def gif_bytes(frames: np.ndarray, fps: int = 8) -> bytes:
+    """uint8 [T, H, W, 3] -> an endlessly looping animated GIF."""
+    return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
+
+
+def gif_summary(tag: str, frames: np.ndarray, fps: int = 8) -> Summary:
+    """A TensorBoard image summary holding frames uint8 [T, H, W, 3] as an animated GIF (what
+    tensorboardX's add_video writes, without its moviepy dependency); TensorBoard plays it."""
+    image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3,
+                          encoded_image_string=gif_bytes(frames, fps))
+    return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
 def plot_curves(path: str, curves: dict[str, list[float]], *, ylabel: str) -> str:

@@ -2,23 +2,27 @@
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 
 import equinox as eqx
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
+from tensorboardX.proto.event_pb2 import Event
 
 from configs import calvin
 from core import Linear
 from core.training import init_state, make_train_step
 from launch import settings
 from launch.distributed import make_mesh
+from launch.evaluate import eval_clips
 from launch.run import run
 from launch.trainer import train
 
@@ -29,6 +33,22 @@ SUMMARY_KEYS = {
     "rollout.horizon", "rollout.sampling_steps", "speed.frames_per_second_cached",
     "speed.frames_per_second_uncached",
 }
+
+
+def tensorboard_images(folder) -> dict[str, bytes]:
+    """{tag: encoded image} of every image summary in the event files of `folder` (TFRecord
+    framing: 8-byte length, 4-byte CRC, the Event proto, 4-byte CRC)."""
+    images = {}
+    for name in os.listdir(folder):
+        data, pos = (folder / name).read_bytes(), 0
+        while pos < len(data):
+            (size,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = Event.FromString(data[pos + 12:pos + 12 + size])
+            pos += 12 + size + 4
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images[value.tag] = value.image.encoded_image_string
+    return images
 
 
 def test_every_stage_end_to_end(tmp_path):
@@ -43,6 +63,15 @@ def test_every_stage_end_to_end(tmp_path):
     for name in ("psnr_over_horizon.png", "rollout_0.mp4", "rollout_0.gif"):
         assert (tmp_path / "eval" / name).stat().st_size > 0
     assert any((tmp_path / "logs" / "dynamics").iterdir())  # TensorBoard events
+    # The rollout video in TensorBoard: an animated GIF whose left panel is the true clip (GIF
+    # writers merge repeated frames, so only the first and last frames are compared).
+    video = iio.imread(tensorboard_images(tmp_path / "logs" / "eval")["eval/rollout_0"],
+                       extension=".gif", index=None)[..., :3]
+    length = config.eval.context_frames + config.eval.horizon
+    truth = eval_clips(str(tmp_path / "clips"), 1, length)["frames"][0][[0, -1]]
+    side = truth.shape[1]
+    assert 2 <= len(video) <= length and video.shape[1] == 4 * side
+    assert np.abs(video[[0, -1], ::4, :4 * side:4].astype(int) - truth).mean() < 6
     stats = json.loads((tmp_path / "latents" / "index.json").read_text())["latent_stats"]
     train = tmp_path / "latents" / "train"
     values = np.concatenate([np.load(shard / "latents.npy").ravel() for shard in train.iterdir()])
