@@ -20,10 +20,13 @@ from tensorboardX.proto.event_pb2 import Event
 from configs import calvin
 from core import Linear
 from core.training import init_state, make_train_step
+from data.clips import save_shard
+from dynamics import ActionSpec
 from launch import settings
 from launch.distributed import make_mesh
 from launch.evaluate import eval_clips
 from launch.run import run
+from launch.stages import check_action_classes
 from launch.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +112,26 @@ def test_own_episodes_folder_with_discrete_actions(tmp_path):
         config.data.action_classes = classes  # the data's actions are 0 .. 3
         with pytest.raises(settings.ConfigError, match=r"config\.data\.action_classes.*" + message):
             run(config, str(tmp_path / "run"))
+
+
+def test_action_range_check_per_part(tmp_path):
+    """Multi-part actions are checked part by part; rows without a known action are not."""
+    actions = np.array([[[0, 5], [1, 2], [7, -1]]], np.int32)  # 1 clip x 3 frames x 2 parts
+    has_action = np.array([[True, True, False]])
+    save_shard(str(tmp_path / "eval" / "s0"), {"latents": np.zeros((1, 3, 1, 1), np.float32),
+                                              "actions": actions, "has_action": has_action}, {})
+    index = {"shards": {"train": [["empty", 0]], "eval": [["s0", 1]]}}
+    check_action_classes(str(tmp_path), index, ActionSpec("multipart", classes=(2, 6)))
+    check_action_classes(str(tmp_path), index, ActionSpec("continuous", dim=2))
+    with pytest.raises(settings.ConfigError, match=r"eval/s0 .* from \[0, 2\] to \[1, 5\] "
+                                                   r"\(per part\), outside the classes \(2, 5\)"):
+        check_action_classes(str(tmp_path), index, ActionSpec("multipart", classes=(2, 5)))
+    has_action[0, 2] = True  # now the row with 7 and -1 counts
+    save_shard(str(tmp_path / "eval" / "s1"), {"latents": np.zeros((1, 3, 1, 1), np.float32),
+                                              "actions": actions, "has_action": has_action}, {})
+    with pytest.raises(settings.ConfigError, match=r"from \[0, -1\] to \[7, 5\]"):
+        check_action_classes(str(tmp_path), {"shards": {"eval": [["s1", 1]]}},
+                             ActionSpec("multipart", classes=(8, 6)))
 
 
 class CountingLoader:
