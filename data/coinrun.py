@@ -44,6 +44,19 @@ class CoinRunSettings:
     distribution_mode: str = "hard"
     levels: int = 0
 
+    def __post_init__(self):
+        if self.levels < 0:
+            raise ValueError(f"CoinRun levels must be >= 0 (0: a new level per episode), got "
+                             f"{self.levels}.")
+
+    def recorded(self) -> dict:
+        """What `coinrun.json` records; `levels` only when set, so folders generated before the
+        option existed (one level per episode) still resume."""
+        fields = dataclasses.asdict(self)
+        if not self.levels:
+            del fields["levels"]
+        return fields
+
     def level(self, index: int, rng: np.random.Generator) -> int:
         """Episode `index`'s level; takes the first draw of its generator `rng` either way."""
         own = int(rng.integers(2**31 - 1))
@@ -102,7 +115,7 @@ def generate_coinrun(
     holds episodes generated with other settings.
     """
     _procgen_env()
-    pending = pending_episodes(root, SETTINGS_FILE, dataclasses.asdict(settings), settings.episodes)
+    pending = pending_episodes(root, SETTINGS_FILE, settings.recorded(), settings.episodes)
     bar = Progress("coinrun episodes", settings.episodes, "episodes")
     bar.done = settings.episodes - len(pending)  # resumed
     for _ in run_jobs(_generate, [(root, k, settings) for k in pending], num_workers):

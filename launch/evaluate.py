@@ -138,21 +138,21 @@ def eval_stage(config, work: Workdir, mesh) -> dict:
         "model": summary["rollout.psnr"], "copy last frame": summary["rollout.psnr_copy_last"],
         "model, shuffled actions": summary["rollout.psnr_shuffled_actions"]}, ylabel="PSNR (dB)")]
     truth8, imagined8 = np.asarray(to_uint8(truth)), np.asarray(to_uint8(imagined))
-    videos = [report.side_by_side(truth8[i], np.concatenate([truth8[i, :context],
-                                                             imagined8[i, future]]))
-              for i in range(min(ev.videos, count))]
-    for i, frames in enumerate(videos):
+    for i in range(min(ev.videos, count)):
+        frames = report.side_by_side(truth8[i], np.concatenate([truth8[i, :context],
+                                                                imagined8[i, future]]))
         paths += report.write_videos(os.path.join(work.eval, f"rollout_{i}"), frames)
     with open(os.path.join(work.eval, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    _to_tensorboard(work, summary, truth8, imagined8, np.asarray(to_uint8(recon)), videos)
+    gifs = [path for path in paths if path.endswith(".gif")]
+    _to_tensorboard(work, summary, truth8, imagined8, np.asarray(to_uint8(recon)), gifs)
     print_summary(summary, [os.path.join(work.eval, "summary.json"), *paths])
     return summary
 
 
-def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon, videos) -> None:
+def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon, gifs) -> None:
     """Per-step PSNR curves, a sample strip (truth / reconstruction / imagination) and the
-    side-by-side rollout videos (animated, tags eval/rollout_<i>)."""
+    side-by-side rollout videos (the GIF files `gifs`, tags eval/rollout_<i>)."""
     writer = SummaryWriter(os.path.join(work.logs, "eval"))
     for key in ("rollout.psnr", "rollout.psnr_copy_last", "rollout.psnr_shuffled_actions"):
         for step, value in enumerate(summary[key], start=1):
@@ -160,8 +160,8 @@ def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon, videos
     strip = np.concatenate([np.concatenate(list(rows), axis=1)
                             for rows in (truth[0], recon[0], imagined[0])], axis=0)
     writer.add_image("eval/truth_reconstruction_imagination", strip, dataformats="HWC")
-    for i, frames in enumerate(videos):
-        writer.file_writer.add_summary(report.gif_summary(f"eval/rollout_{i}", frames), 0)
+    for i, path in enumerate(gifs):
+        writer.file_writer.add_summary(report.gif_summary(f"eval/rollout_{i}", path), 0)
     writer.close()
 
 

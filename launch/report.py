@@ -37,11 +37,14 @@ def gif_bytes(frames: np.ndarray, fps: int = 8) -> bytes:
     return iio.imwrite("<bytes>", frames, extension=".gif", duration=1000 / fps, loop=0)
 
 
-def gif_summary(tag: str, frames: np.ndarray, fps: int = 8) -> Summary:
-    """A TensorBoard image summary holding frames uint8 [T, H, W, 3] as an animated GIF (what
-    tensorboardX's add_video writes, without its moviepy dependency); TensorBoard plays it."""
-    image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3,
-                          encoded_image_string=gif_bytes(frames, fps))
+def gif_summary(tag: str, gif_path: str) -> Summary:
+    """A TensorBoard image summary holding the animated GIF at `gif_path` (what tensorboardX's
+    add_video writes, without its moviepy dependency); TensorBoard plays it."""
+    with open(gif_path, "rb") as f:
+        encoded = f.read()
+    height, width = iio.improps(encoded, extension=".gif", index=0).shape[:2]
+    image = Summary.Image(height=height, width=width, colorspace=3,
+                          encoded_image_string=encoded)
     return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 

@@ -168,13 +168,20 @@ def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> Non
             shard = open_shard(os.path.join(latents_dir, split, name))
             known = np.asarray(shard["has_action"]).reshape(-1)
             actions = np.asarray(shard["actions"]).reshape(known.size, len(classes))[known]
-            if actions.size and (actions.min() < 0 or np.any(actions.max(axis=0) >= classes)):
+            if not actions.size:
+                continue
+            where = (f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
+                     f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} "
+                     f"(per part)")
+            if actions.min() < 0:
                 raise settings.ConfigError(
-                    f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
-                    f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} (per "
-                    f"part), outside the classes {spec.classes}; actions must be 0 .. classes - 1,"
-                    " so give at least the largest action + 1 per part "
-                    "(--config.data.action_classes=...).")
+                    f"{where}; actions must be 0 .. classes - 1: map negative ones (e.g. a -1 "
+                    "'no action' sentinel) to a class of their own in the episode files, or "
+                    "leave the `actions` array out of episodes without actions.")
+            if np.any(actions.max(axis=0) >= classes):
+                raise settings.ConfigError(
+                    f"{where}, outside the classes {spec.classes}; give at least the largest "
+                    "action + 1 per part (--config.data.action_classes=...).")
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:

@@ -93,3 +93,10 @@ def test_pooled_episodes_replay_their_level(tmp_path):
     first = [read_all(tmp_path)[f"episode_{k:06d}.npz"]["frames"][0] for k in range(3)]
     np.testing.assert_array_equal(first[0], first[2])  # episodes 0 and 2 play level pool[0]
     assert np.abs(first[0].astype(int) - first[1]).mean() > 1  # episode 1 another level
+
+
+def test_level_setting_is_checked_and_recorded_only_when_set():
+    assert "levels" not in CoinRunSettings(seed=1).recorded()  # folders from before still resume
+    assert CoinRunSettings(seed=1, levels=4).recorded()["levels"] == 4
+    with pytest.raises(ValueError, match="levels must be >= 0"):
+        CoinRunSettings(levels=-1)

@@ -76,6 +76,10 @@ def test_episodes_folder_errors_name_file_and_fix(tmp_path):
     (tmp_path / "ep6.npz").write_bytes(b"garbage")
     with pytest.warns(SkippedDataWarning, match=r"skipped 2 of 3 episode files"):
         assert [e.name for e in npz_episodes(str(tmp_path), skip_bad=True)] == ["ep1"]
+    os.remove(tmp_path / "ep1.npz")
+    with pytest.warns(SkippedDataWarning, match=r"skipped 2 of 2"), pytest.raises(
+            DataError, match=r"every one of the episode files was bad and skipped"):
+        npz_episodes(str(tmp_path), skip_bad=True)
 
 
 def write_calvin(root, split, segments, size=(200, 200)):
