@@ -107,6 +107,12 @@ def test_own_episodes_folder_with_discrete_actions(tmp_path):
     run(config, str(tmp_path / "run"))
     summary = json.loads((tmp_path / "run" / "eval" / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS and all(np.isfinite(summary["rollout.psnr"]))
+    # The square stops at the borders, so true frames can repeat the last context frame.
+    context, horizon = config.eval.context_frames, config.eval.horizon
+    clips = eval_clips(str(tmp_path / "run" / "clips"), config.eval.rollouts, context + horizon)
+    assert summary["rollout.copy_last_exact"] == [
+        sum(np.array_equal(clip[context + h], clip[context - 1]) for clip in clips["frames"])
+        for h in range(horizon)]
     config.stages = "dynamics"
     for classes, message in (((4, 4), "with 1 part"), ((3,), r"to \[3\] .* classes \(3,\)")):
         config.data.action_classes = classes  # the data's actions are 0 .. 3
