@@ -17,6 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from data.episode import DataError
 from launch import settings
 from launch.distributed import make_mesh
 from launch.evaluate import eval_stage
@@ -75,7 +76,13 @@ def main(argv):
     config = _CONFIG.value
     if config is None:
         raise SystemExit("--config is required, e.g. --config=configs/calvin.py")
-    run(config, _WORKDIR.value or os.path.join("runs", f"{config.name}-{config.variant}"))
+    try:
+        run(config, _WORKDIR.value or os.path.join("runs", f"{config.name}-{config.variant}"))
+    except settings.ConfigError as error:  # found by a stage (e.g. actions outside their classes)
+        raise SystemExit(f"config error: {error}") from None
+    except DataError as error:
+        raise SystemExit(f"data error: {error} (on the command line: "
+                         "--config.data.skip_bad=True)") from None
 
 
 if __name__ == "__main__":

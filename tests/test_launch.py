@@ -120,6 +120,18 @@ def test_own_episodes_folder_with_discrete_actions(tmp_path):
             run(config, str(tmp_path / "run"))
 
 
+def test_bad_episode_file_stops_the_command_with_a_one_line_error(tmp_path):
+    (tmp_path / "episodes").mkdir()
+    (tmp_path / "episodes" / "ep0.npz").write_bytes(b"garbage")
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "launch", "run.py"), "--config=configs/calvin.py:tiny",
+         "--config.data.format=episodes", f"--config.data.path={tmp_path / 'episodes'}",
+         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "data error:" in out.stderr and "ep0.npz: not a readable .npz" in out.stderr
+    assert "--config.data.skip_bad=True" in out.stderr
+
+
 def test_action_range_check_per_part(tmp_path):
     """Multi-part actions are checked part by part; rows without a known action are not."""
     actions = np.array([[[0, 5], [1, 2], [7, -1]]], np.int32)  # 1 clip x 3 frames x 2 parts
