@@ -16,6 +16,23 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
+def backward_residual_bytes(fn, diff, other) -> int:
+    """Bytes of the arrays `jax.vjp(lambda d: fn(d, other), diff)` keeps from the forward pass
+    for the backward one, each distinct array once and the inputs themselves left out.
+
+    Found by tracing only (`diff`, `other`: pytrees of arrays or `jax.ShapeDtypeStruct`s), so
+    it works for shapes that would not fit this machine, and it honours `jax.checkpoint`
+    (a rematerialised block keeps only its inputs), which XLA:CPU's memory analysis does not.
+    """
+    jaxpr, shapes = jax.make_jaxpr(lambda d, o: jax.vjp(lambda x: fn(x, o), d),
+                                   return_shape=True)(diff, other)
+    count = len(jax.tree.leaves(shapes[1]))
+    inputs = {id(v) for v in jaxpr.jaxpr.invars}
+    kept = {id(v): v.aval for v in jaxpr.jaxpr.outvars[len(jaxpr.jaxpr.outvars) - count:]
+            if id(v) not in inputs}
+    return sum(aval.size * aval.dtype.itemsize for aval in kept.values())
+
+
 def compile_timed(fn, *args, **static):
     """(compiled fn(*args) with `static` bound, seconds to trace + lower + compile, MiB/call)."""
     start = time.perf_counter()

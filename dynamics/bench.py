@@ -170,7 +170,7 @@ def floor_row(name: str, config: DynamicsConfig, batch: int, context: int, *, st
     bandwidth). FLOPs: XLA's cost analysis of `next_frame` lowered on abstract inputs (nothing
     allocated or run). Bytes: each of the K + 1 passes reads every weight (in the compute
     dtype) and the whole KV cache (the cost analysis of unfused HLO would count every
-    intermediate too)."""
+    intermediate too). Memory: weights + KV cache stay resident (`resident_gb`, a floor)."""
     model = eqx.filter_eval_shape(Dynamics, config, key=jax.random.key(0))
     caches = eqx.filter_eval_shape(lambda m: m.init_caches(batch, context + 1), model)
     action = jax.eval_shape(lambda: random_actions(config.action, batch, 1, key=jax.random.key(0)))
@@ -187,7 +187,7 @@ def floor_row(name: str, config: DynamicsConfig, batch: int, context: int, *, st
     compute_s, memory_s = flops / peak_flops, nbytes / bandwidth
     return {"model": name, "batch": batch, "context": context, "steps": steps,
             "gflop_per_frame": flops / 1e9, "gb_per_frame": nbytes / 1e9,
-            "floor_fps": 1 / max(compute_s, memory_s),
+            "floor_fps": 1 / max(compute_s, memory_s), "resident_gb": (weights + cache) / 1e9,
             "bound": "compute" if compute_s > memory_s else "memory"}
 
 
@@ -207,7 +207,8 @@ def main(argv):
                                 peak_flops=_PEAK.value * 1e12, bandwidth=_BANDWIDTH.value * 1e12)
                 print(f"{name} {dtype} batch {batch} context {context}: "
                       f"{row['gflop_per_frame']:.1f} GFLOP, {row['gb_per_frame']:.2f} GB per "
-                      f"frame -> floor {row['floor_fps']:.0f} frames/s ({row['bound']})")
+                      f"frame -> floor {row['floor_fps']:.0f} frames/s ({row['bound']}); "
+                      f"weights + cache {row['resident_gb']:.2f} GB")
                 rows.append(row)
             continue
         model = Dynamics(config, key=jax.random.key(0))

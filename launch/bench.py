@@ -17,14 +17,17 @@ no dataset is needed; the dynamics step with its bootstrap rows on, as after
   data = the real grain loader's time per batch over synthetic clips of the config's shape
   (frames for the tokenizer, latents for the dynamics); host = the real loop's time per step
   (next batch, device_put, step; no sync) minus the device step time;
-- memory: XLA's estimate for one step (arguments + outputs + temporaries - aliased) and the
-  process peak (device peak_bytes_in_use, else max RSS).
+- memory: XLA's estimate for one step (arguments + outputs + temporaries - aliased), the
+  process peak (device peak_bytes_in_use, else max RSS) and `memory_estimate`, computed from
+  shapes alone (XLA:CPU's own estimate ignores rematerialisation).
 """
 
 import functools
 import importlib
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -32,7 +35,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from core.timing import call_seconds, compile_timed, peak_memory_mb, print_rows, write_rows_json
+from core.timing import (
+    backward_residual_bytes,
+    call_seconds,
+    compile_timed,
+    peak_memory_mb,
+    print_rows,
+    write_rows_json,
+)
 from core.training import init_state, make_train_step
 from data.clips import ClipSettings, prepare_clips
 from data.episode import NoiseEpisode
@@ -80,10 +90,19 @@ def action_batch(spec, batch: int, frames: int, rng: np.random.Generator) -> np.
         if spec.kind == "discrete" else rng.integers(0, highs, (batch, frames, len(highs)))
 
 
-def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool):
-    """(jitted step, make_state(), batch, static kwargs, tokens per step, parts(model) ->
-    [(transformer, tokens per frame it sees)]). `exact=False`: XLA attention and no remat, for
-    counting FLOPs."""
+class StageSetup(NamedTuple):
+    """One stage's train step at [batch, frames] on a synthetic batch."""
+    step: Callable  # jitted, state-donating: step(state, batch, key, **static)
+    loss_fn: Callable  # loss_fn(model, loss_state, step, batch, *, key, **static)
+    make_state: Callable  # () -> TrainState
+    batch: Any
+    static: dict
+    tokens: int  # per step, through every transformer
+    parts: Callable  # model -> [(transformer, tokens per frame it sees)]
+
+
+def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool) -> StageSetup:
+    """`exact=False`: XLA attention and no remat, for counting FLOPs."""
     rng = np.random.default_rng(0)
     if not exact:
         config = config.copy_and_resolve_references()
@@ -93,28 +112,70 @@ def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool):
     optimizer = make_optimizer(train)
     height, width = settings.image_size(config)
     if stage == "tokenizer":
-        make_state = lambda: init_train_state(
-            Tokenizer(settings.tokenizer_config(config), key=jax.random.key(0)), optimizer)
-        step = make_train_step(functools.partial(tokenizer_loss, perceptual=None), optimizer)
-        data = jnp.asarray(rng.integers(0, 256, (batch, frames, height, width, 3), np.uint8))
+        loss_fn = functools.partial(tokenizer_loss, perceptual=None)
         c = settings.tokenizer_config(config)
         per_frame = c.n_patches + c.n_latents
-        parts = lambda m: [(m.encoder.transformer, per_frame), (m.decoder.transformer, per_frame)]
-        return step, make_state, data, {}, batch * frames * 2 * per_frame, parts
+        return StageSetup(
+            make_train_step(loss_fn, optimizer), loss_fn,
+            lambda: init_train_state(Tokenizer(c, key=jax.random.key(0)), optimizer),
+            jnp.asarray(rng.integers(0, 256, (batch, frames, height, width, 3), np.uint8)), {},
+            batch * frames * 2 * per_frame,
+            lambda m: [(m.encoder.transformer, per_frame), (m.decoder.transformer, per_frame)])
     kind, shape = ACTION_LAYOUTS[config.data.format]
     spec = settings.action_spec(config, {"kind": kind, "shape": shape})
-    model_config = settings.dynamics_config(config, spec)
-    make_state = lambda: init_state(Dynamics(model_config, key=jax.random.key(0)), optimizer)
-    step = make_train_step(dynamics_loss_fn(config), optimizer,
-                           static_argnames=("bootstrap_rows",))
-    c = model_config
+    c = settings.dynamics_config(config, spec)
+    loss_fn = dynamics_loss_fn(config)
     data = {"latents": jnp.asarray(rng.normal(size=(batch, frames, c.latent_tokens,
                                                     c.latent_dim)).astype(np.float32)),
             "actions": jnp.asarray(action_batch(spec, batch, frames, rng)),
             "has_action": jnp.ones((batch, frames), bool)}
-    rows = round(train.bootstrap_fraction * batch)
-    return (step, make_state, data, {"bootstrap_rows": rows}, batch * frames * c.tokens_per_frame,
-            lambda m: [(m.transformer, c.tokens_per_frame)])
+    return StageSetup(
+        make_train_step(loss_fn, optimizer, static_argnames=("bootstrap_rows",)), loss_fn,
+        lambda: init_state(Dynamics(c, key=jax.random.key(0)), optimizer), data,
+        {"bootstrap_rows": round(train.bootstrap_fraction * batch)},
+        batch * frames * c.tokens_per_frame, lambda m: [(m.transformer, c.tokens_per_frame)])
+
+
+def nbytes(tree) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+
+def activation_bytes(setup: StageSetup, state) -> int:
+    """Bytes the step's backward pass keeps from its forward pass (abstract `state`)."""
+    is_array = lambda x: eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
+    arrays, static = eqx.partition(state.model, is_array)
+    diff, fixed = eqx.partition(arrays, lambda x: jnp.issubdtype(x.dtype, jnp.inexact))
+
+    def loss(diff, other):
+        fixed, loss_state, step, batch = other
+        model = eqx.combine(diff, fixed, static)
+        return setup.loss_fn(model, loss_state, step, batch, key=jax.random.key(0),
+                             **setup.static)[0]
+
+    return backward_residual_bytes(loss, diff, (fixed, state.loss_state, state.step,
+                                                setup.batch))
+
+
+def memory_estimate(config, stage: str, batch: int, frames: int) -> dict[str, float]:
+    """Peak training memory (GiB) from shapes alone, nothing allocated: the train state (model,
+    optimizer, loss state) + gradients + the activations the backward pass keeps + with remat,
+    one block's activations while it is recomputed (the no-remat activations over the block
+    count). Activations are counted as JAX's autodiff records them, before XLA fuses (which
+    usually keeps fewer) and without XLA's scratch space, with the XLA attention backend
+    (Pallas keeps no attention matrices): a rough figure to compare with the device's peak."""
+    exact = stage_setup(config, stage, batch, frames, exact=True)
+    state = eqx.filter_eval_shape(exact.make_state)
+    row = {"state_gib": nbytes(state),
+           "grads_gib": nbytes(eqx.filter(state.model, lambda x: hasattr(x, "dtype") and
+                                          jnp.issubdtype(x.dtype, jnp.inexact))),
+           "saved_gib": activation_bytes(exact, state), "block_gib": 0}
+    if (config.tokenizer if stage == "tokenizer" else config.dynamics).remat:
+        plain = stage_setup(config, stage, batch, frames, exact=False)
+        blocks = sum(len(t.blocks) for t, _ in exact.parts(state.model))
+        row["block_gib"] = activation_bytes(plain, eqx.filter_eval_shape(plain.make_state)) \
+            / blocks
+    row = {k: v / 2**30 for k, v in row.items()}
+    return {**row, "estimate_gib": sum(row.values())}
 
 
 def sublayer_seconds(transformer, batch: int, frames: int, tokens: int) -> dict[str, float]:
@@ -164,13 +225,12 @@ def bench_row(name: str, config, stage: str, batch: int, frames: int, *, steps: 
               warmup: int, peak: float, loader_batches: int, trace: str | None) -> dict:
     """Times one stage's train step at [batch, frames]; see the module docstring."""
     key = jax.random.key(0)
-    flop_step, make_flop_state = stage_setup(config, stage, batch, frames, exact=False)[:2]
-    step, make_state, data, static, tokens, parts = stage_setup(
-        config, stage, batch, frames, exact=True)
-    model_flops = flops_of(flop_step.lower(eqx.filter_eval_shape(make_flop_state), data, key,
-                                           **static))
-    compiled, compile_s, step_mb = compile_timed(step, make_state(), data, key, **static)
-    holder = {"state": make_state()}
+    model_flops = step_flops(stage_setup(config, stage, batch, frames, exact=False))
+    setup = stage_setup(config, stage, batch, frames, exact=True)
+    data = setup.batch
+    compiled, compile_s, step_mb = compile_timed(setup.step, setup.make_state(), data, key,
+                                                 **setup.static)
+    holder = {"state": setup.make_state()}
 
     def call(i):
         holder["state"], metrics = compiled(holder["state"], data, key)
@@ -182,7 +242,7 @@ def bench_row(name: str, config, stage: str, batch: int, frames: int, *, steps: 
     if trace:
         jax.profiler.stop_trace()
     split = {"attention_s": 0.0, "mlp_s": 0.0}
-    for transformer, per_frame in parts(holder["state"].model):
+    for transformer, per_frame in setup.parts(holder["state"].model):
         for k, v in sublayer_seconds(transformer, batch, frames, per_frame).items():
             split[k] += v
     loader = synthetic_loader(config, stage, batch, frames)
@@ -195,25 +255,36 @@ def bench_row(name: str, config, stage: str, batch: int, frames: int, *, steps: 
     loop_s = (time.perf_counter() - start) / steps
     return {"config": name, "variant": config.variant, "stage": stage, "batch": batch,
             "frames": frames, "ms_per_step": seconds * 1e3, "steps_per_s": 1 / seconds,
-            "tokens_per_s": tokens / seconds, "model_gflop_per_step": model_flops / 1e9,
+            "tokens_per_s": setup.tokens / seconds, "model_gflop_per_step": model_flops / 1e9,
             "mfu": model_flops / seconds / peak, "compile_s": compile_s,
             "attention_share": split["attention_s"] / seconds,
             "mlp_share": split["mlp_s"] / seconds, "data_ms_per_batch": data_s * 1e3,
             "host_overhead_ms": max(loop_s - seconds, 0.0) * 1e3, "step_mb": step_mb,
-            "peak_mb": peak_memory_mb()}
+            "peak_mb": peak_memory_mb(),
+            "estimate_mb": memory_estimate(config, stage, batch, frames)["estimate_gib"] * 1024}
+
+
+def step_flops(setup: StageSetup) -> float:
+    """XLA's FLOP count of the step, lowered on abstract state (nothing allocated or run)."""
+    return flops_of(setup.step.lower(eqx.filter_eval_shape(setup.make_state), setup.batch,
+                                     jax.random.key(0), **setup.static))
 
 
 def floor_row(name: str, config, stage: str, batch: int, frames: int, peak: float) -> dict:
-    step, make_state, data, static, tokens, _ = stage_setup(config, stage, batch, frames,
-                                                            exact=False)
-    flops = flops_of(step.lower(eqx.filter_eval_shape(make_state), data, jax.random.key(0),
-                                **static))
+    """FLOPs and the step time they take at `peak` and at 40% of it; the memory estimate."""
+    setup = stage_setup(config, stage, batch, frames, exact=False)
+    flops = step_flops(setup)
+    memory = memory_estimate(config, stage, batch, frames)
     row = {"config": name, "variant": config.variant, "stage": stage, "batch": batch,
-           "frames": frames, "tokens_per_step": tokens, "model_gflop_per_step": flops / 1e9,
-           "ms_at_peak": flops / peak * 1e3, "ms_at_40pct": flops / (0.4 * peak) * 1e3}
-    print(f"{name}:{config.variant} {stage} batch {batch} x {frames} frames: {tokens} tokens, "
-          f"{flops / 1e12:.2f} TFLOP/step -> {row['ms_at_peak']:.0f} ms at peak, "
-          f"{row['ms_at_40pct']:.0f} ms at 40% MFU", flush=True)
+           "frames": frames, "tokens_per_step": setup.tokens,
+           "model_gflop_per_step": flops / 1e9, "ms_at_peak": flops / peak * 1e3,
+           "ms_at_40pct": flops / (0.4 * peak) * 1e3, **memory}
+    print(f"{name}:{config.variant} {stage} batch {batch} x {frames} frames: {setup.tokens} "
+          f"tokens, {flops / 1e12:.2f} TFLOP/step -> {row['ms_at_peak']:.0f} ms at peak, "
+          f"{row['ms_at_40pct']:.0f} ms at 40% MFU; memory estimate "
+          f"{memory['estimate_gib']:.1f} GiB (state {memory['state_gib']:.2f}, grads "
+          f"{memory['grads_gib']:.2f}, saved activations {memory['saved_gib']:.2f}, one block "
+          f"recomputed {memory['block_gib']:.2f})", flush=True)
     return row
 
 
@@ -229,7 +300,8 @@ def print_table(rows: list[dict]) -> None:
         ("data ms", ">8", lambda r: f"{r['data_ms_per_batch']:.1f}"),
         ("host ms", ">8", lambda r: f"{r['host_overhead_ms']:.1f}"),
         ("step MiB", ">9", lambda r: f"{r['step_mb']:.0f}"),
-        ("peak MiB", ">9", lambda r: f"{r['peak_mb']:.0f}")])
+        ("peak MiB", ">9", lambda r: f"{r['peak_mb']:.0f}"),
+        ("est MiB", ">8", lambda r: f"{r['estimate_mb']:.0f}")])
 
 
 def define_flags() -> None:
@@ -246,8 +318,9 @@ def define_flags() -> None:
     flags.DEFINE_string("trace", None, "Write a profiler trace of the timed steps here.")
     flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
     flags.DEFINE_bool("floors", False, "Only count each step's model FLOPs (lowering on "
-                      "abstract state, nothing run) and print the step time they take at "
-                      "--peak_tflops and at 40% of it.")
+                      "abstract state, nothing run), print the step time they take at "
+                      "--peak_tflops and at 40% of it, and estimate the step's peak memory "
+                      "from its shapes (`memory_estimate`).")
     flags.DEFINE_float("peak_tflops", 989.0, "Matmul peak for --floors (H100 SXM bf16: 989).")
 
 

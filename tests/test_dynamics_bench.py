@@ -30,6 +30,7 @@ def test_floor_row_counts_every_pass_over_weights_and_cache():
     head_dim = 16 // 2
     cache = 2 * batch * config.tokens_per_frame * (context + 1) * 1 * head_dim  # 1 time layer, K+V
     assert row["gb_per_frame"] * 1e9 == pytest.approx((steps + 1) * (params + cache) * 4)
+    assert row["resident_gb"] * 1e9 == pytest.approx((params + cache) * 4)
     blocks = sum(x.size for x in jax.tree.leaves(model.transformer) if isinstance(x, jax.Array))
     matmul_lower_bound = 2 * 0.9 * blocks * batch * config.tokens_per_frame * (steps + 1)
     assert row["gflop_per_frame"] * 1e9 > matmul_lower_bound
