@@ -63,6 +63,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         enc_kv_heads=4, enc_time_every=2, dec_width=128, dec_depth=4, dec_heads=4,
         dec_kv_heads=4, dec_time_every=2, mlp_ratio=4.0, p_max=0.9, perceptual_weight=0.2,
         perceptual_weights="", rms_decay=0.99, remat=False, compute_dtype="float32",
+        backend="auto",
     ))
     config.dynamics = ml_collections.ConfigDict(dict(
         width=256, depth=8, heads=4, kv_heads=0, time_every=4, pack=1, registers=4,

@@ -28,7 +28,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from core import AxialTransformer, Linear
 from core.layers import check_compute_dtype, expand_to
 from dynamics.actions import ActionEncoder, ActionSpec
-from kernels import KVCache
+from kernels import KVCache, check_backend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +67,7 @@ class DynamicsConfig:
         if not self.latent_std > 0:
             raise ValueError(f"dynamics latent_std must be positive, got {self.latent_std}.")
         check_compute_dtype(self.compute_dtype)
+        check_backend(self.backend)
 
     @property
     def spatial_tokens(self) -> int:

@@ -7,7 +7,7 @@ attention with its own backward; interpret mode on CPU) and "auto". `KVCache` an
 `cached_attention` serve autoregressive generation with in-place cache writes.
 """
 
-from kernels.attention import BACKENDS, rope_attention, select_backend
+from kernels.attention import BACKENDS, check_backend, rope_attention, select_backend
 from kernels.cache import KVCache, cached_attention
 from kernels.rope import apply_rope, rope_cos_sin
 
@@ -16,6 +16,7 @@ __all__ = [
     "KVCache",
     "apply_rope",
     "cached_attention",
+    "check_backend",
     "rope_attention",
     "rope_cos_sin",
     "select_backend",

@@ -88,13 +88,17 @@ def cudnn_attention(q, k, v, *, q_positions, k_positions, causal, mask, kv_lengt
 _IMPLEMENTATIONS = {"xla": xla_attention, "cudnn": cudnn_attention, "pallas": pallas_attention}
 
 
-def select_backend(backend: str, *, head_dim: int) -> str:
-    """Resolves "auto" to the fastest backend that can serve this call; validates names."""
+def check_backend(backend: str) -> str:
     if backend not in ("auto", *BACKENDS):
         raise ValueError(
             f"Unknown attention backend {backend!r}; choose one of {('auto', *BACKENDS)}."
         )
-    if backend != "auto":
+    return backend
+
+
+def select_backend(backend: str, *, head_dim: int) -> str:
+    """Resolves "auto" to the fastest backend that can serve this call; validates names."""
+    if check_backend(backend) != "auto":
         return backend
     if jax.default_backend() != "gpu":
         reason = "no GPU (Pallas would run in the slow interpret mode)"

@@ -107,7 +107,7 @@ def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool) -> 
     if not exact:
         config = config.copy_and_resolve_references()
         config.tokenizer.remat = config.dynamics.remat = False
-        config.dynamics.backend = "xla"
+        config.tokenizer.backend = config.dynamics.backend = "xla"
     train = config.train[stage]
     optimizer = make_optimizer(train)
     height, width = settings.image_size(config)

@@ -2,6 +2,7 @@
 PSNR-over-horizon plot."""
 
 import os
+import warnings
 
 import imageio.v2 as imageio
 import imageio.v3 as iio
@@ -26,7 +27,11 @@ def write_videos(stem: str, frames: np.ndarray, fps: int = 8) -> list[str]:
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     height, width = frames.shape[1:3]
     padded = np.pad(frames, ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)))
-    imageio.mimwrite(f"{stem}.mp4", list(padded), fps=fps, macro_block_size=16)
+    with warnings.catch_warnings():
+        # imageio runs ffmpeg through subprocess (fork, then exec: no Python runs in the child),
+        # which JAX's fork hook reports as a likely deadlock; that warning does not apply here.
+        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+        imageio.mimwrite(f"{stem}.mp4", list(padded), fps=fps, macro_block_size=16)
     with open(f"{stem}.gif", "wb") as f:
         f.write(gif_bytes(frames, fps))
     return [f"{stem}.mp4", f"{stem}.gif"]

@@ -205,6 +205,8 @@ def test_config_errors():
         _model(k_max=12)
     with pytest.raises(ValueError, match="latent_std"):
         _model(latent_std=0.0)
+    with pytest.raises(ValueError, match="Unknown attention backend 'triton'"):
+        _model(backend="triton")
     model, (z1, actions, has) = _model(), _batch()
     with pytest.raises(ValueError, match="sampling steps"):
         generate(model, z1[:, :2], actions, has, key=jax.random.key(0), steps=16)

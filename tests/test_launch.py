@@ -315,6 +315,8 @@ def test_sharded_step_matches_one_device_and_restores_anywhere(tmp_path):
     ("train.dynamics.batch", 3, "config.train.dynamics.batch"),
     ("data.sim_frame_skip", 0, "config.data.sim_frame_skip"),
     ("train.tokenizer.optimizer", "sgd", "config.train.tokenizer.optimizer"),
+    ("tokenizer.backend", "triton", "config.tokenizer"),
+    ("dynamics.backend", "triton", "config.dynamics"),
 ])
 def test_invalid_config_fails_naming_the_field(field, value, message):
     config = calvin.get_config("tiny")

@@ -1,4 +1,11 @@
-"""launch.bench rows on the tiny CALVIN config (the benchmark itself is run by hand)."""
+"""launch.bench rows on the tiny CALVIN config, and the full variants traced at their sizes (the
+benchmark itself is run by hand)."""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
 
 import equinox as eqx
 import jax
@@ -62,3 +69,52 @@ def test_memory_estimate_parts(stage):
     config.tokenizer.remat = config.dynamics.remat = True
     remat = memory_estimate(config, stage, 2, 4)
     assert remat["saved_gib"] < plain["saved_gib"] and remat["block_gib"] > 0
+
+
+@pytest.mark.parametrize("name", ["calvin", "coinrun", "minecraft"])
+def test_full_variants_are_valid_and_estimated_to_fit_one_gpu(name):
+    """The full variants pass validation, their train steps trace at the configured batch and
+    longest sequence, and the shape-based estimate stays under half of an 80 GB H100 (the
+    other half for XLA's scratch space). Measuring them needs a GPU (BENCHMARKS.md)."""
+    config = importlib.import_module(f"configs.{name}").get_config("full")
+    settings.validate(config, device_count=1)
+    for stage in ("tokenizer", "dynamics"):
+        train = config.train[stage]
+        memory = memory_estimate(config, stage, train.batch, max(train.seq_lengths))
+        assert memory["saved_gib"] > 0 and memory["estimate_gib"] < 40
+
+
+def test_full_calvin_lowers_for_cuda_with_the_pallas_kernels(monkeypatch):
+    """As on a GPU ('auto' picks Pallas, not in interpret mode): the full CALVIN tokenizer and
+    dynamics train steps (bf16, remat, bootstrap rows) lower for CUDA with the attention kernels
+    forward and backward, and so does the cached sampler's next frame with the in-place cache
+    write (in a subprocess with EQX_ON_ERROR=off: the cache's runtime checks are host callbacks,
+    which only lower on the platform they run on)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    config = get_config("full")
+    for stage in ("tokenizer", "dynamics"):
+        setup = stage_setup(config, stage, 1, max(config.train[stage].seq_lengths), exact=True)
+        text = setup.step.trace(eqx.filter_eval_shape(setup.make_state), setup.batch,
+                                jax.random.key(0), **setup.static).lower(
+            lowering_platforms=("cuda",)).as_text()
+        for kernel in ("rope_flash_forward", "rope_flash_dq", "rope_flash_dkv"):
+            assert kernel in text, (stage, kernel)
+    script = textwrap.dedent("""
+        import equinox as eqx, jax, jax.numpy as jnp
+        jax.default_backend = lambda: "gpu"
+        from configs.calvin import get_config
+        from dynamics.sampler import next_frame
+        from launch.bench import stage_setup
+        setup = stage_setup(get_config("full"), "dynamics", 1, 24, exact=True)
+        model = eqx.filter_eval_shape(setup.make_state).model
+        caches = eqx.filter_eval_shape(lambda m: m.init_caches(1, 33), model)
+        shape = jax.ShapeDtypeStruct
+        text = next_frame.trace(model, caches, shape((1, 1, 7), jnp.float32),
+                                shape((1, 1), jnp.bool_), jax.random.key(0),
+                                shape((), jnp.int32), steps=4, context_signal=0.9).lower(
+            lowering_platforms=("cuda",)).as_text()
+        print("rope_flash_forward" in text, "kv_cache_write" in text)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "EQX_ON_ERROR": "off"}, timeout=600)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-3000:]

@@ -56,6 +56,23 @@ def moving_shapes(batch, time, size, seed=0):
     return np.round(video * 255).astype(np.uint8)
 
 
+def test_attention_backend_is_the_configured_one():
+    """`backend="pallas"` (the kernel in interpret mode here) encodes and decodes like the XLA
+    reference with the same weights, masks included (head size 32, the kernel's minimum)."""
+    sizes = dict(enc_width=64, dec_width=64)
+    video = _video(b=1, t=3)
+    mask = sample_mae_mask((1, 3, 16), 0.5, key=jax.random.key(1))[0]
+    outputs = []
+    for backend in ("xla", "pallas"):
+        model = _model(backend=backend, **sizes)
+        traced = str(jax.make_jaxpr(lambda m, v: m.decode(m.encode(v)))(model, video))
+        assert ("pallas_call" in traced) == (backend == "pallas")
+        latents = encode(model, video, mask=mask)
+        outputs.append((latents, decode(model, latents)))
+    for got, want in zip(outputs[1], outputs[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4)
+
+
 # --- patches -------------------------------------------------------------------------------------
 
 def test_patchify_matches_loop_reference_and_round_trips():
@@ -92,6 +109,7 @@ def test_patchify_rejects_indivisible_frames():
     (dict(p_max=1.5), "p_max must be in"),
     (dict(rms_decay=1.0), "rms_decay must be in"),
     (dict(compute_dtype="float16"), "compute_dtype must be one of"),
+    (dict(backend="triton"), "Unknown attention backend 'triton'"),
 ])
 def test_config_errors_name_the_field(change, message):
     with pytest.raises(ValueError, match=message):

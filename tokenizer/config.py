@@ -3,6 +3,7 @@
 import dataclasses
 
 from core import COMPUTE_DTYPES
+from kernels import check_backend
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TokenizerConfig:
     rms_decay: float = 0.99
     remat: bool = False
     compute_dtype: str = "float32"
+    backend: str = "auto"  # attention: "auto", "xla", "cudnn" or "pallas" (kernels package)
 
     def __post_init__(self):
         if len(self.image_size) != 2 or min(self.image_size) < 1:
@@ -76,6 +78,7 @@ class TokenizerConfig:
         if self.compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, "
                              f"got {self.compute_dtype!r}.")
+        check_backend(self.backend)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -47,7 +47,7 @@ def _transformer(config: TokenizerConfig, part: str, *, key: PRNGKeyArray) -> Ax
     size = {n: getattr(config, f"{part}_{n}") for n in ("width", "depth", "heads", "kv_heads")}
     return AxialTransformer(
         **size, time_every=getattr(config, f"{part}_time_every"), mlp_ratio=config.mlp_ratio,
-        remat=config.remat, compute_dtype=config.compute_dtype, key=key,
+        remat=config.remat, compute_dtype=config.compute_dtype, backend=config.backend, key=key,
     )
 
 
