@@ -147,6 +147,9 @@ def eval_stage(config, work: Workdir, mesh) -> dict:
         frames = report.side_by_side(truth8[i], np.concatenate([truth8[i, :context],
                                                                 imagined8[i, future]]))
         paths += report.write_videos(os.path.join(work.eval, f"rollout_{i}"), frames)
+    if ev.videos and not report.have_mp4_writer():
+        print("[eval] note: no mp4 videos (GIF only): imageio-ffmpeg is not installed; "
+              "`pip install imageio-ffmpeg` adds them")
     with open(os.path.join(work.eval, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     gifs = [path for path in paths if path.endswith(".gif")]

@@ -22,19 +22,32 @@ def side_by_side(truth: np.ndarray, imagined: np.ndarray, scale: int = 4) -> np.
     return row.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
+def have_mp4_writer() -> bool:
+    """imageio's ffmpeg plugin (the imageio-ffmpeg package, a dependency) is importable."""
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def write_videos(stem: str, frames: np.ndarray, fps: int = 8) -> list[str]:
-    """frames uint8 [T, H, W, 3] -> stem.mp4 and stem.gif; returns the paths."""
+    """frames uint8 [T, H, W, 3] -> stem.gif and, if `have_mp4_writer()`, stem.mp4; returns
+    the paths written."""
     os.makedirs(os.path.dirname(stem), exist_ok=True)
+    with open(f"{stem}.gif", "wb") as f:
+        f.write(gif_bytes(frames, fps))
+    if not have_mp4_writer():
+        return [f"{stem}.gif"]
     height, width = frames.shape[1:3]
     padded = np.pad(frames, ((0, 0), (0, -height % 16), (0, -width % 16), (0, 0)))
     with warnings.catch_warnings():
         # imageio runs ffmpeg through subprocess (fork, then exec: no Python runs in the child),
         # which JAX's fork hook reports as a likely deadlock; that warning does not apply here.
         warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
-        imageio.mimwrite(f"{stem}.mp4", list(padded), fps=fps, macro_block_size=16)
-    with open(f"{stem}.gif", "wb") as f:
-        f.write(gif_bytes(frames, fps))
-    return [f"{stem}.mp4", f"{stem}.gif"]
+        imageio.mimwrite(f"{stem}.mp4", list(padded), fps=fps, macro_block_size=16,
+                         format="FFMPEG")
+    return [f"{stem}.gif", f"{stem}.mp4"]
 
 
 def gif_bytes(frames: np.ndarray, fps: int = 8) -> bytes:

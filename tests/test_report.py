@@ -1,5 +1,6 @@
 """launch.report: the videos users look at, checked by decoding them again."""
 
+import sys
 import warnings
 
 import imageio.v3 as iio
@@ -27,9 +28,18 @@ def test_videos_decode_to_the_panels_without_a_fork_warning(tmp_path):
     assert frames[:, 0, 14].tolist() == [[30, 30, 30]] * 3 and frames[:, 1:, 14:].max() == 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mp4, gif = write_videos(str(tmp_path / "eval" / "rollout_0"), frames)
+        gif, mp4 = write_videos(str(tmp_path / "eval" / "rollout_0"), frames)
     assert [str(w.message) for w in caught] == []
     decoded = iio.imread(gif, index=None)
     np.testing.assert_array_equal(decoded[..., :3], frames)
     video = iio.imread(mp4, index=None)
     assert video.shape == (3, 16, 32, 3)
+
+
+def test_without_ffmpeg_only_the_gif_is_written(tmp_path, monkeypatch):
+    """A machine without imageio-ffmpeg (e.g. a GPU box with no package index) still gets the
+    GIF instead of an error at the end of the eval stage."""
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import fails as if uninstalled
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    assert write_videos(str(tmp_path / "r"), frames) == [str(tmp_path / "r.gif")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.gif"]
