@@ -161,8 +161,9 @@ def memory_estimate(config, stage: str, batch: int, frames: int) -> dict[str, fl
     optimizer, loss state) + gradients + the activations the backward pass keeps + with remat,
     one block's activations while it is recomputed (the no-remat activations over the block
     count). Activations are counted as JAX's autodiff records them, before XLA fuses (which
-    usually keeps fewer) and without XLA's scratch space, with the XLA attention backend
-    (Pallas keeps no attention matrices): a rough figure to compare with the device's peak."""
+    usually keeps fewer) and without XLA's scratch space, with the step's attention backend
+    (on a CPU 'auto' is XLA, whose attention matrices count; on a GPU Pallas keeps none): a
+    rough figure to compare with the device's peak."""
     exact = stage_setup(config, stage, batch, frames, exact=True)
     state = eqx.filter_eval_shape(exact.make_state)
     row = {"state_gib": nbytes(state),
