@@ -89,6 +89,7 @@ _IMPLEMENTATIONS = {"xla": xla_attention, "cudnn": cudnn_attention, "pallas": pa
 
 
 def check_backend(backend: str) -> str:
+    """`backend` if it names one ("auto" or one of BACKENDS), else a ValueError listing them."""
     if backend not in ("auto", *BACKENDS):
         raise ValueError(
             f"Unknown attention backend {backend!r}; choose one of {('auto', *BACKENDS)}."

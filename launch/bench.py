@@ -140,11 +140,16 @@ def nbytes(tree) -> int:
     return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
 
 
+def is_float(x) -> bool:
+    """A floating-point array or ShapeDtypeStruct: a parameter that gets a gradient."""
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
 def activation_bytes(setup: StageSetup, state) -> int:
     """Bytes the step's backward pass keeps from its forward pass (abstract `state`)."""
     is_array = lambda x: eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct)
     arrays, static = eqx.partition(state.model, is_array)
-    diff, fixed = eqx.partition(arrays, lambda x: jnp.issubdtype(x.dtype, jnp.inexact))
+    diff, fixed = eqx.partition(arrays, is_float)
 
     def loss(diff, other):
         fixed, loss_state, step, batch = other
@@ -167,8 +172,7 @@ def memory_estimate(config, stage: str, batch: int, frames: int) -> dict[str, fl
     exact = stage_setup(config, stage, batch, frames, exact=True)
     state = eqx.filter_eval_shape(exact.make_state)
     row = {"state_gib": nbytes(state),
-           "grads_gib": nbytes(eqx.filter(state.model, lambda x: hasattr(x, "dtype") and
-                                          jnp.issubdtype(x.dtype, jnp.inexact))),
+           "grads_gib": nbytes(eqx.filter(state.model, is_float)),
            "saved_gib": activation_bytes(exact, state), "block_gib": 0}
     if (config.tokenizer if stage == "tokenizer" else config.dynamics).remat:
         plain = stage_setup(config, stage, batch, frames, exact=False)
