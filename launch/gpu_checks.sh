@@ -15,6 +15,10 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 log="$out/log.txt"
+all="kernel_tests kernels train gen1 gen64"
+for name in ${STEPS:-$all}; do
+    case " $all " in *" $name "*) ;; *) echo "STEPS: no step '$name'; choose from: $all" >&2; exit 2 ;; esac
+done
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
@@ -25,7 +29,7 @@ status=()
 step() {  # name, time limit in seconds, command...
     local name=$1 limit=$2
     shift 2
-    case " ${STEPS:-kernel_tests kernels train gen1 gen64} " in *" $name "*) ;; *) return ;; esac
+    case " ${STEPS:-$all} " in *" $name "*) ;; *) return ;; esac
     local start=$SECONDS
     echo "== $name (limit ${limit}s): $*" | tee -a "$log"
     timeout "$limit" "$@" >> "$log" 2>&1
