@@ -14,7 +14,8 @@ CALVIN (shared/docs/lessons.md). Peak training memory, estimated from shapes: 3.
 measured on a GPU, BENCHMARKS.md).
 small: 48x48 frames, a few minutes per stage on 2 CPU cores; the simulator records 96 training
 episodes at 10 Hz (`sim_frame_skip=3`), so the 16-step evaluation horizon spans 1.6 s of arm
-motion.
+motion; dynamics 1000 steps at learning rate 2e-3 (at 1e-3 the margins over copy-last were
+smaller: BENCHMARKS.md).
 tiny: seconds per stage, for tests.
 """
 

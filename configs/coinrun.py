@@ -15,9 +15,9 @@ memory, estimated from shapes: 3.9 GiB (tokenizer), 6.3 GiB (dynamics); not yet 
 small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling through 4 levels
 (`data.coinrun_levels`; held-out episodes replay those levels with other random actions: a model
 trained for minutes on 2 CPU cores cannot generalise to unseen level themes); dynamics 4000 steps
-at learning rate 2e-3 (at 1e-3 one of four level pools missed the quality bar, at 2000 steps two,
-at 1000 seed 1 did); evaluated on 48 held-out rollouts; about 26 minutes in all (BENCHMARKS.md).
-tiny: for tests.
+at learning rate 2e-3, as every small variant (at 1e-3 one of four level pools missed the quality
+bar, at 2000 steps two, at 1000 seed 1 did); evaluated on 48 held-out rollouts; about 26 minutes
+in all (BENCHMARKS.md). tiny: for tests.
 """
 
 from configs.common import base_config, choose_variant, small_cpu_sizes, tiny_test_sizes
@@ -47,7 +47,7 @@ def get_config(variant: str | None = None):
     elif variant == "small":
         small_cpu_sizes(config, image_size=64, patch=8)
         config.data.update(dict(gen_episodes=48, gen_max_length=200, coinrun_levels=4))
-        config.train.dynamics.update(dict(steps=4000, decay_steps=800, lr=2e-3))
+        config.train.dynamics.update(dict(steps=4000, decay_steps=800))
         config.eval.update(dict(rollouts=48))
     else:
         tiny_test_sizes(config)

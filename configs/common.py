@@ -98,7 +98,7 @@ def small_cpu_sizes(config, *, image_size, patch: int) -> None:
                                        warmup_steps=50, decay_steps=500, checkpoint_every=500,
                                        log_every=100))
     config.train.dynamics.update(dict(steps=1000, batch=16, seq_lengths=(8, 16),
-                                      length_weights=(0.75, 0.25), lr=1e-3, warmup_steps=100,
+                                      length_weights=(0.75, 0.25), lr=2e-3, warmup_steps=100,
                                       decay_steps=200, bootstrap_start=500,
                                       checkpoint_every=250, log_every=100))
     config.eval.update(dict(context_frames=8, horizon=16, rollouts=24, batch=12))
