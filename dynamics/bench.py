@@ -3,17 +3,16 @@
 
 Frames per second of autoregressive generation with K denoising steps, with the KV cache
 (`sampler.next_frame`: K + 1 passes over the new frame alone) and without it
-(`sampler._uncached_frame`, the per-frame function of `generate_uncached` at capacity =
-context + 1: K passes over the whole window). Both run in the steady state of a long rollout: the
-window holds `context` finished frames and slides by one per generated frame (the cache's
-`make_room` runs every frame). A frame here is one time step for the whole batch, as in
-lessons.md section 6. Each per-frame function is compiled once, explicitly (the `compile_s`
-columns: trace + lower + compile), called `--warmup` times, then timed call by call with
-block_until_ready; the median over `--frames` calls is reported (`best ratio`: the same from the
-fastest call of each, the better estimate on a machine shared with other jobs). Memory: `fn_mb`
-is XLA's estimate for one call of the compiled function (arguments + outputs + temporaries -
-aliased), and `peak_mb` is the process peak so far (max RSS on CPU, peak_bytes_in_use on GPU), so
-it only grows from row to row.
+(`sampler._uncached_frame`, the per-frame function of `generate_uncached` at capacity = context + 1:
+K passes over the whole window). Both run in the steady state of a long rollout: the window holds
+`context` finished frames and slides by one per generated frame (the cache's `make_room` runs every
+frame). A frame here is one time step for the whole batch. Each per-frame function is compiled once,
+explicitly (the `compile_s` columns: trace + lower + compile), called `--warmup` times, then timed
+call by call with block_until_ready; the median over `--frames` calls is reported (`best ratio`: the
+same from the fastest call of each, the better estimate on a machine shared with other jobs).
+Memory: `fn_mb` is XLA's estimate for one call of the compiled function (arguments + outputs +
+temporaries - aliased), and `peak_mb` is the process peak so far (max RSS on CPU, peak_bytes_in_use
+on GPU), so it only grows from row to row.
 """
 
 import dataclasses
@@ -59,10 +58,10 @@ class Preset:
 
 
 PRESETS = {
-    # lessons.md section 6: the seed's CPU config (64x64 frames -> 16 latents x 32).
+    # A small CPU config (64x64 frames -> 16 latents x 32).
     "small": Preset(DynamicsConfig(latent_tokens=16, latent_dim=32, action=ACTION, width=128,
                                    depth=4, heads=4, time_every=2, registers=4, k_max=16), 4),
-    # lessons.md section 1: CALVIN dynamics (32 latents x 32); batch 1 keeps CPU runs short.
+    # CALVIN dynamics (32 latents x 32); batch 1 keeps CPU runs short.
     "calvin": Preset(DynamicsConfig(latent_tokens=32, latent_dim=32, action=ACTION, width=768,
                                     depth=8, heads=12, time_every=4, registers=4, k_max=128), 1),
     # configs/coinrun.py full: 16 latents x 32, 15 discrete actions.
@@ -97,8 +96,8 @@ def cached_row(model: Dynamics, context: Float[Array, "batch context latents dim
     batch, frames = context.shape[:2]
     key = jax.random.key(0)
     caches = model.init_caches(batch, frames + 1)
-    caches = prefill(model, caches, context, actions[:, :frames], has[:, :frames], key,
-                     jnp.asarray(0, jnp.int32), context_signal=CONTEXT_SIGNAL)
+    _, caches = prefill(model, caches, context, actions[:, :frames], has[:, :frames], key,
+                        jnp.asarray(0, jnp.int32), context_signal=CONTEXT_SIGNAL)
     action, has_new = actions[:, frames:], has[:, frames:]
     frame = lambda i: jnp.asarray(frames + i, jnp.int32)
     step, compile_s, fn_mb = compile_timed(next_frame, model, caches, action, has_new, key,
@@ -106,7 +105,7 @@ def cached_row(model: Dynamics, context: Float[Array, "batch context latents dim
     state = {"caches": caches}
 
     def call(i):
-        z, state["caches"] = step(model, state["caches"], action, has_new, key, frame(i))
+        z, _, state["caches"] = step(model, state["caches"], action, has_new, key, frame(i))
         return z
 
     median, best = call_seconds(call, warmup, repeats)

@@ -1,14 +1,16 @@
 """The dynamics model: noisy latents + signal level + step size + actions -> clean latents.
 
-Per-frame token block, in order: `action_tokens` action tokens, one shortcut token, the spatial
-tokens (`pack` adjacent latent tokens concatenated and projected to the model width), then
-`registers` learned register tokens. A space-time axial transformer (every frame's tokens see each
-other; time layers are causal) runs over the blocks, and the spatial outputs are read out linearly
-to clean latents (x-prediction).
+Per-frame token block (`dynamics.layout.TokenLayout`, groups by name, in order): `action_tokens`
+action tokens, one shortcut token, the spatial tokens (`pack` adjacent latent tokens concatenated
+and projected to the model width), `registers` learned register tokens and `agent_tokens` learned
+agent tokens (0 by default; they read everything and nothing reads them). A space-time axial
+transformer (time layers are causal) runs over the blocks, and the spatial outputs are read out
+linearly to clean latents (x-prediction). `__call__` and `step` also return the output features
+of every group, [batch, time, tokens of the group, width], for heads (policy, reward, value).
 
 The model works on standardised latents, (z - latent_mean) / latent_std, with the tokenizer
-latents' statistics (spec ambiguity 12: tanh latents have a std well below the unit noise, so
-without it even "slightly" re-noised context would bury the frame-to-frame change); the loss and
+latents' statistics (tanh latents have a std well below the unit noise, so without it even
+"slightly" re-noised context would bury the frame-to-frame change); the loss and
 the sampler convert with `normalise` / `denormalise`, so callers pass and get tokenizer latents.
 
 Signal level tau (0 = noise, 1 = clean) and step size d are embedded by `LevelEmbedding`: learned
@@ -28,7 +30,11 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from core import AxialTransformer, Linear
 from core.layers import check_compute_dtype, expand_to
 from dynamics.actions import ActionEncoder, ActionSpec
+from dynamics.layout import TokenLayout
 from kernels import KVCache, check_backend
+
+Features = dict[str, Float[Array, "batch time _ width"]]  # per group: [b, t, its tokens, w]
+FrameFeatures = dict[str, Float[Array, "batch _ width"]]  # one frame's: [b, its tokens, w]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,7 @@ class DynamicsConfig:
     pack: int = 1
     registers: int = 4
     action_tokens: int = 1
+    agent_tokens: int = 0
     k_max: int = 64
     softcap: float | None = 50.0
     remat: bool = False
@@ -62,8 +69,9 @@ class DynamicsConfig:
             raise ValueError(f"dynamics.k_max must be a power of two, got {self.k_max}.")
         if self.width % 2:
             raise ValueError(f"dynamics.width must be even (tau and d halves), got {self.width}.")
-        if self.action_tokens < 1 or self.registers < 0:
-            raise ValueError("dynamics.action_tokens must be >= 1 and dynamics.registers >= 0.")
+        if self.action_tokens < 1 or self.registers < 0 or self.agent_tokens < 0:
+            raise ValueError("dynamics.action_tokens must be >= 1, dynamics.registers and "
+                             "dynamics.agent_tokens >= 0.")
         if not self.latent_std > 0:
             raise ValueError(f"dynamics latent_std must be positive, got {self.latent_std}.")
         check_compute_dtype(self.compute_dtype)
@@ -74,8 +82,13 @@ class DynamicsConfig:
         return self.latent_tokens // self.pack
 
     @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(actions=self.action_tokens, shortcut=1, spatial=self.spatial_tokens,
+                           registers=self.registers, agent=self.agent_tokens)
+
+    @property
     def tokens_per_frame(self) -> int:
-        return self.action_tokens + 1 + self.spatial_tokens + self.registers
+        return self.layout.total
 
 
 class LevelEmbedding(eqx.Module):
@@ -112,6 +125,7 @@ class Dynamics(eqx.Module):
     step_embed: LevelEmbedding
     spatial_in: Linear
     registers: Float[Array, "registers width"]
+    agent: Float[Array, "agent width"] | None
     transformer: AxialTransformer
     readout: Linear
     config: DynamicsConfig = eqx.field(static=True)
@@ -126,6 +140,9 @@ class Dynamics(eqx.Module):
         packed = c.pack * c.latent_dim
         self.spatial_in = Linear(packed, c.width, compute_dtype=c.compute_dtype, key=keys[3])
         self.registers = 0.02 * jax.random.normal(keys[4], (c.registers, c.width))
+        agent_key = jax.random.fold_in(key, 7)  # not from `keys`: the other weights stay put
+        self.agent = (0.02 * jax.random.normal(agent_key, (c.agent_tokens, c.width))
+                      if c.agent_tokens else None)
         self.transformer = AxialTransformer(
             c.width, c.depth, c.heads, kv_heads=c.kv_heads, time_every=c.time_every,
             softcap=c.softcap, remat=c.remat, backend=c.backend, compute_dtype=c.compute_dtype,
@@ -147,21 +164,27 @@ class Dynamics(eqx.Module):
         level = jnp.concatenate([self.tau_embed(tau_index(tau, c.k_max)),
                                  self.step_embed(step_index(d, c.k_max))], axis=-1)
         packed = z.reshape(batch, time, c.spatial_tokens, c.pack * c.latent_dim)
-        registers = jnp.broadcast_to(expand_to(self.registers, 4),
-                                     (batch, time, c.registers, c.width))
+        learned = [self.registers] + ([] if self.agent is None else [self.agent])
+        learned = jnp.concatenate(learned, axis=0)
+        learned = jnp.broadcast_to(expand_to(learned, 4), (batch, time, *learned.shape))
         return jnp.concatenate([
             self.actions(actions, has_action), level[:, :, None, :],
-            self.spatial_in(packed).astype(jnp.float32), registers,
+            self.spatial_in(packed).astype(jnp.float32), learned,
         ], axis=2)
+
+    def space_mask(self) -> Bool[Array, "tokens tokens"] | None:
+        mask = self.config.layout.space_mask()
+        return None if mask is None else jnp.asarray(mask)
 
     def read(
         self, h: Float[Array, "batch time tokens width"]
-    ) -> Float[Array, "batch time latents latent_dim"]:
-        c = self.config
-        start = c.action_tokens + 1
-        spatial = h[:, :, start:start + c.spatial_tokens]
-        out = self.readout(spatial).astype(jnp.float32)
-        return out.reshape(*h.shape[:2], c.latent_tokens, c.latent_dim)
+    ) -> tuple[Float[Array, "batch time latents latent_dim"], Features]:
+        """(clean-latent prediction, output features of every non-empty group)."""
+        c, layout = self.config, self.config.layout
+        features = {name: h[:, :, layout.slice(name)]
+                    for name, size in layout.sizes.items() if size}
+        out = self.readout(features["spatial"]).astype(jnp.float32)
+        return out.reshape(*h.shape[:2], c.latent_tokens, c.latent_dim), features
 
     def __call__(
         self,
@@ -172,9 +195,11 @@ class Dynamics(eqx.Module):
         has_action: Bool[Array, "batch time"],
         *,
         time_mask: Bool[Array, "batch time time"] | None = None,
-    ) -> Float[Array, "batch time latents dim"]:
-        """Clean-latent prediction for every frame; actions in the model convention."""
-        h = self.transformer(self.embed(z, tau, d, actions, has_action), time_mask=time_mask)
+    ) -> tuple[Float[Array, "batch time latents dim"], Features]:
+        """(clean-latent prediction for every frame, features per group); actions in the model
+        convention."""
+        h = self.transformer(self.embed(z, tau, d, actions, has_action),
+                             space_mask=self.space_mask(), time_mask=time_mask)
         return self.read(h)
 
     def init_caches(self, batch: int, capacity: int, dtype=None) -> tuple[KVCache, ...]:
@@ -190,7 +215,9 @@ class Dynamics(eqx.Module):
         actions: Float[Array, "batch new *action"] | Int[Array, "batch new *action"],
         has_action: Bool[Array, "batch new"],
         caches: tuple[KVCache, ...],
-    ) -> tuple[Float[Array, "batch new latents dim"], tuple[KVCache, ...]]:
-        """The cached form: new frames after the cached ones; caches written, not committed."""
-        h, caches = self.transformer.step(self.embed(z, tau, d, actions, has_action), caches)
-        return self.read(h), caches
+    ) -> tuple[Float[Array, "batch new latents dim"], Features, tuple[KVCache, ...]]:
+        """The cached form: new frames after the cached ones; caches written, not committed.
+        Returns (prediction, features per group, caches)."""
+        h, caches = self.transformer.step(self.embed(z, tau, d, actions, has_action), caches,
+                                          space_mask=self.space_mask())
+        return *self.read(h), caches

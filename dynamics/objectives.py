@@ -1,6 +1,6 @@
 """Training objectives: shortcut forcing (default) and MeanFlow, both in x-space with a ramp weight.
 
-Conventions (dreamer4_spec.md sections 0, 3, 7): signal level tau, 0 = noise and 1 = clean;
+Conventions: signal level tau, 0 = noise and 1 = clean;
 z_tau = (1 - tau) z0 + tau z1 with z0 ~ N(0, I), z1 the standardised latents
 (`Dynamics.normalise`); the model predicts clean latents z1_hat.
 
@@ -9,15 +9,15 @@ Shortcut forcing, per frame (diffusion forcing: every frame draws its own tau an
 - bootstrap rows (the first `bootstrap_rows` of the batch): d = 2^i / k_max with i ~ U{1..log2
   k_max}; two half steps of the same network without gradient give the target
   z_tau + (1 - tau) sg((b1 + b2) / 2), the x-space form of (1 - tau)^2 ||v_hat - v_target||^2.
-  Every frame of a row moves to the half-step point (spec ambiguity 5); teacher = online weights;
+  Every frame of a row moves to the half-step point; teacher = online weights;
 - tau uniform on the grid of d: {0, d, ..., 1 - d}; loss weight w(tau) = 0.9 tau + 0.1.
 With `bootstrap_rows = 0` (static) the teacher passes are not traced at all.
 
-MeanFlow (Dreamer convention, spec section 7): U = (z1_hat - z_tau) / (1 - tau) is the average
+MeanFlow (in the same tau convention): U = (z1_hat - z_tau) / (1 - tau) is the average
 velocity over [tau, tau + d]; the target U + d dU/dtau (end point fixed) comes from one JVP with
 tangents (v, +1, -1) on (z_tau, tau, d); frames with d = 0 reduce exactly to the flow term. The
-JVP perturbs every frame's tau at once, so context tangents leak across frames (the spec's
-"accept the approximation" option).
+JVP perturbs every frame's tau at once, so context tangents leak across frames (an accepted
+approximation).
 
 `image_rows` sequences are trained as separate images: their frames do not see each other and
 carry no action.
@@ -25,8 +25,8 @@ carry no action.
 Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
 batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
 without and 1.66 with a quarter of the rows bootstrapping (about 4, 3 and 3.5 forward passes: the
-JVP costs about one forward), i.e. 1.1-1.2x the shortcut step's wall time, not the 3x reported by
-[OD]; with half the rows bootstrapping (the CALVIN recipe) both cost about 4 forwards. Neither
+JVP costs about one forward), i.e. 1.1-1.2x the shortcut step's wall time, not 3x; with half
+the rows bootstrapping (the CALVIN recipe) both cost about 4 forwards. Neither
 objective had a non-finite step (AdamW 3e-3, clipping at 1), but MeanFlow's gradient norms in the
 second half peaked about 1.7x higher (0.51-0.59 vs 0.28-0.33). Both beat copying the last frame
 (next-frame MSE 0.073): with K = 1 shortcut 0.049-0.052 vs MeanFlow 0.049-0.060, with K = 4
@@ -72,13 +72,18 @@ def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
     return is_image, jnp.where(is_image[:, None, None], eye, jnp.ones_like(eye))
 
 
+def _predict(model: Dynamics, z, tau, d, actions, has_action, time_mask):
+    """The clean-latent prediction alone (the loss does not use the group features)."""
+    return model(z, tau, d, actions, has_action, time_mask=time_mask)[0]
+
+
 def bootstrap_target(model: Dynamics, z_tau, tau, d, actions, has_action, time_mask):
     """sg(z_tau + (1 - tau) (b1 + b2) / 2) from two half steps of size d / 2."""
     half = d / 2
-    b1 = (model(z_tau, tau, half, actions, has_action, time_mask=time_mask) - z_tau) / _frames(
+    b1 = (_predict(model, z_tau, tau, half, actions, has_action, time_mask) - z_tau) / _frames(
         1.0 - tau)
     z_mid = z_tau + _frames(half) * b1
-    b2 = (model(z_mid, tau + half, half, actions, has_action, time_mask=time_mask) - z_mid
+    b2 = (_predict(model, z_mid, tau + half, half, actions, has_action, time_mask) - z_mid
           ) / _frames(1.0 - tau - half)
     return jax.lax.stop_gradient(z_tau + _frames(1.0 - tau) * (b1 + b2) / 2)
 
@@ -88,7 +93,7 @@ def meanflow_prediction_and_target(model: Dynamics, z_tau, tau, d, velocity, act
     """(z1_hat, sg(x-space MeanFlow target)); the target is z1 wherever d = 0."""
 
     def average_velocity(z, tau, d):
-        z1_hat = model(z, tau, d, actions, has_action, time_mask=time_mask)
+        z1_hat = _predict(model, z, tau, d, actions, has_action, time_mask)
         return (z1_hat - z) / _frames(1.0 - tau)
 
     u, du_dtau = jax.jvp(average_velocity, (z_tau, tau, d),
@@ -131,7 +136,7 @@ def dynamics_loss(
         prediction, target = meanflow_prediction_and_target(
             model, z_tau, tau, d, latents - z0, actions, has_action, time_mask)
     else:
-        prediction = model(z_tau, tau, d, actions, has_action, time_mask=time_mask)
+        prediction = _predict(model, z_tau, tau, d, actions, has_action, time_mask)
         target = latents
         if bootstrap_rows:
             rows = slice(0, bootstrap_rows)

@@ -6,8 +6,9 @@ Per generated frame (one compiled function, caches donated, nothing recompiles a
    writes the frame's keys/values into the same scratch slot (the cache index does not move) and
    applies z <- z + d (z1_hat - z) / (1 - tau), so the last step lands on z1_hat;
 3. one more pass writes the finished frame, re-noised to the context signal level (default 0.9,
-   i.e. 10% noise: spec ambiguity 1), and the index is committed past it. So the cache always
-   holds finished context frames, never a half-denoised one.
+   i.e. 10% noise), and the index is committed past it. So the cache always holds finished
+   context frames, never a half-denoised one. That pass's output features (per token group) are
+   the frame's features: what a policy acting after the frame reads (`world.imagine`).
 Context frames are prefilled the same way, all at once. Noise is drawn per frame from
 `fold_in(key, frame_number)`, so the cached and the uncached paths see identical noise.
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from core.transformer import commit, make_room
-from dynamics.model import Dynamics
+from dynamics.model import Dynamics, Features, FrameFeatures
 
 _GENERATE, _CONTEXT = 0, 1
 
@@ -52,31 +53,37 @@ def renoise(z1, noise, signal: float):
 @functools.partial(jax.jit, donate_argnums=1, static_argnames=("context_signal",))
 def prefill(model: Dynamics, caches, context, actions, has_action, key, first_frame, *,
             context_signal: float):
-    """Writes and commits context frames [batch, C, latents, dim] numbered from first_frame."""
+    """Writes and commits context frames [batch, C, latents, dim] numbered from first_frame;
+    returns (features of the last context frame, per group [batch, tokens, width], caches)."""
     batch, frames = context.shape[:2]
     noise = context_noise(key, first_frame, context)
     tau, d = _levels(batch, frames, context_signal, 1.0 / model.config.k_max)
-    _, caches = model.step(renoise(context, noise, context_signal), tau, d, actions, has_action,
-                           caches)
-    return commit(caches, frames)
+    _, features, caches = model.step(renoise(context, noise, context_signal), tau, d, actions,
+                                     has_action, caches)
+    return last_frame(features), commit(caches, frames)
+
+
+def last_frame(features: Features) -> FrameFeatures:
+    return {name: value[:, -1] for name, value in features.items()}
 
 
 @functools.partial(jax.jit, donate_argnums=1, static_argnames=("steps", "context_signal"))
 def next_frame(model: Dynamics, caches, action, has_action, key, frame, *, steps: int,
                context_signal: float):
-    """Generates frame number `frame` (int32 scalar) given one action [batch, 1, ...]."""
+    """Generates frame number `frame` (int32 scalar) given one action [batch, 1, ...]; returns
+    (its latents [batch, latents, dim], its features per group, caches)."""
     batch = has_action.shape[0]
     shape = (batch, 1, model.config.latent_tokens, model.config.latent_dim)
     caches = make_room(caches, 1)
     z = frame_noise(key, _GENERATE, frame, shape)
     for i in range(steps):
         tau, d = _levels(batch, 1, i / steps, 1.0 / steps)
-        z1_hat, caches = model.step(z, tau, d, action, has_action, caches)
+        z1_hat, _, caches = model.step(z, tau, d, action, has_action, caches)
         z = z + (1.0 / steps) * (z1_hat - z) / (1.0 - i / steps)
     tau, d = _levels(batch, 1, context_signal, 1.0 / model.config.k_max)
     context = renoise(z, frame_noise(key, _CONTEXT, frame, shape), context_signal)
-    _, caches = model.step(context, tau, d, action, has_action, caches)
-    return z[:, 0], commit(caches, 1)
+    _, features, caches = model.step(context, tau, d, action, has_action, caches)
+    return z[:, 0], last_frame(features), commit(caches, 1)
 
 
 def generate(
@@ -100,12 +107,12 @@ def generate(
     capacity, first = _window(model, frames, total, steps, capacity)
     context = model.normalise(context)
     caches = model.init_caches(batch, capacity)
-    caches = prefill(model, caches, context[:, first:], actions[:, first:frames],
-                     has_action[:, first:frames], key, jnp.asarray(first, jnp.int32),
-                     context_signal=context_signal)
+    _, caches = prefill(model, caches, context[:, first:], actions[:, first:frames],
+                        has_action[:, first:frames], key, jnp.asarray(first, jnp.int32),
+                        context_signal=context_signal)
     out = []
     for t in range(frames, total):
-        z, caches = next_frame(model, caches, actions[:, t:t + 1], has_action[:, t:t + 1], key,
+        z, _, caches = next_frame(model, caches, actions[:, t:t + 1], has_action[:, t:t + 1], key,
                                jnp.asarray(t, jnp.int32), steps=steps,
                                context_signal=context_signal)
         out.append(z)
@@ -137,7 +144,8 @@ def _uncached_frame(model, z_window, tau_window, d_window, actions, has_action, 
 
     for i in range(steps):
         tau, d = _levels(batch, 1, i / steps, 1.0 / steps)
-        out = model(put(z_window, z), put(tau_window, tau), put(d_window, d), actions, has_action)
+        out, _ = model(put(z_window, z), put(tau_window, tau), put(d_window, d), actions,
+                       has_action)
         z1_hat = jax.lax.dynamic_slice_in_dim(out, position, 1, axis=1)
         z = z + (1.0 / steps) * (z1_hat - z) / (1.0 - i / steps)
     context = renoise(z, frame_noise(key, _CONTEXT, frame, shape), context_signal)

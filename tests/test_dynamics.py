@@ -84,7 +84,7 @@ def test_shortcut_loss_matches_float64_reference(bootstrap_rows, mean, std):
     z1 = (np.asarray(z1, np.float64) - mean) / std
     f = lambda z, t, s: np.asarray(model(jnp.asarray(z, jnp.float32), jnp.asarray(t, jnp.float32),
                                          jnp.asarray(s, jnp.float32), actions, has,
-                                         time_mask=time_mask), np.float64)
+                                         time_mask=time_mask)[0], np.float64)
     e = lambda x: x[:, :, None, None]
     z_tau = e(1 - tau) * z0 + e(tau) * z1
     target = z1.copy()
