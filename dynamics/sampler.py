@@ -104,7 +104,7 @@ def generate(
     """
     batch, frames = context.shape[:2]
     total = has_action.shape[1]
-    capacity, first = _window(model, frames, total, steps, capacity)
+    capacity, first = cache_window(model, frames, total, steps, capacity)
     context = model.normalise(context)
     caches = model.init_caches(batch, capacity)
     _, caches = prefill(model, caches, context[:, first:], actions[:, first:frames],
@@ -119,7 +119,8 @@ def generate(
     return model.denormalise(jnp.stack(out, axis=1))
 
 
-def _window(model, frames, total, steps, capacity):
+def cache_window(model: Dynamics, frames: int, total: int, steps: int, capacity: int | None
+                 ) -> tuple[int, int]:
     """Validated capacity, and the first context frame that fits beside the generated one."""
     capacity = total if capacity is None else capacity
     if frames < 1 or capacity < 2 or total <= frames:
@@ -158,7 +159,7 @@ def generate_uncached(model, context, actions, has_action, *, key, steps=4, cont
     """Same contract and noise as `generate`, by recomputing the window for every step."""
     batch, frames = context.shape[:2]
     total = has_action.shape[1]
-    capacity, start = _window(model, frames, total, steps, capacity)  # start: frame in slot 0
+    capacity, start = cache_window(model, frames, total, steps, capacity)  # start: frame in slot 0
     kept = model.normalise(context[:, start:])
     z_window = jnp.zeros((batch, capacity, *context.shape[2:]), jnp.float32)
     z_window = z_window.at[:, :kept.shape[1]].set(

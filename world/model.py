@@ -1,0 +1,164 @@
+"""`WorldModel`: the tokenizer, the dynamics model, the action layout and the latent statistics
+in one object that saves to and loads from a folder.
+
+A saved world model is a folder with one model folder per part (`world.serialise`):
+
+    <path>/tokenizer/header.json, weights.npz   TokenizerConfig in the header
+    <path>/dynamics/header.json, weights.npz    DynamicsConfig in the header: sizes, the action
+                                                layout and the latent mean/std
+
+A run's workdir holds the same under `<workdir>/models/` (written by the tokenizer and dynamics
+stages when they finish), so `WorldModel.load` takes either the workdir or a saved folder and
+needs no config file, no latent index and no optimizer state.
+"""
+
+import dataclasses
+import json
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from dynamics import ActionSpec, Dynamics, DynamicsConfig
+from tokenizer import Tokenizer, TokenizerConfig
+from tokenizer.patches import Video
+from world.serialise import load_module, read_header, save_module
+
+MODELS = "models"  # the subfolder of a workdir that holds the finished models
+PARTS = ("tokenizer", "dynamics")
+
+
+def config_to_json(config) -> dict:
+    """A config dataclass (nested dataclasses included) as JSON-ready dict."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _known(cls, fields: dict, where: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}; the model was saved "
+                         "by a newer version of this code.")
+    return fields
+
+
+def tokenizer_config_from_json(fields: dict, where: str = "header") -> TokenizerConfig:
+    fields = dict(_known(TokenizerConfig, fields, where))
+    fields["image_size"] = tuple(fields["image_size"])
+    return TokenizerConfig(**fields)
+
+
+def dynamics_config_from_json(fields: dict, where: str = "header") -> DynamicsConfig:
+    fields = dict(_known(DynamicsConfig, fields, where))
+    action = dict(fields["action"])
+    action["classes"] = tuple(action.get("classes", ()))
+    fields["action"] = ActionSpec(**action)
+    return DynamicsConfig(**fields)
+
+
+def save_part(folder: str, model: Tokenizer | Dynamics, *, step: int) -> None:
+    """Saves a trained tokenizer or dynamics model as a self-describing model folder."""
+    kind = "tokenizer" if isinstance(model, Tokenizer) else "dynamics"
+    save_module(folder, model, kind=kind, config=config_to_json(model.config), step=step)
+
+
+def load_tokenizer(folder: str, *, strict: bool = True) -> Tokenizer:
+    config = tokenizer_config_from_json(read_header(folder, kind="tokenizer")["config"], folder)
+    template = Tokenizer(config, key=jax.random.key(0))
+    return load_module(folder, template, kind="tokenizer", strict=strict)
+
+
+def load_dynamics(folder: str, *, strict: bool = True, **overrides) -> Dynamics:
+    """The saved dynamics model; `overrides` change config fields that add parameters (e.g.
+    `agent_tokens=8` with strict=False: the new parameters start freshly initialised)."""
+    header = read_header(folder, kind="dynamics")
+    config = dataclasses.replace(dynamics_config_from_json(header["config"], folder), **overrides)
+    template = Dynamics(config, key=jax.random.key(0))
+    return load_module(folder, template, kind="dynamics", strict=strict)
+
+
+def model_folder(path: str, part: str) -> str:
+    """Where `part` lives under a workdir (`<path>/models/<part>`) or a saved world model
+    (`<path>/<part>`); a one-line error says how to write it when neither exists."""
+    for folder in (os.path.join(path, MODELS, part), os.path.join(path, part)):
+        if os.path.isfile(os.path.join(folder, "header.json")):
+            return folder
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such folder (give a run's workdir or a folder "
+                                "written by WorldModel.save).")
+    if os.path.isdir(os.path.join(path, part)):  # a workdir with training checkpoints only
+        raise FileNotFoundError(f"{path} has {part} training checkpoints but no saved {part} "
+                                f"model (an older version, or the stage has not finished); "
+                                f"write it with: {_rerun_command(path)}")
+    raise FileNotFoundError(f"{path} has no {part} model: train it first "
+                            "(python launch/run.py --config=configs/<dataset>.py).")
+
+
+def _rerun_command(workdir: str) -> str:
+    name, variant = "<dataset>", "<variant>"
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            config = json.load(f)
+        name, variant = config["name"], config["variant"]
+    except (OSError, KeyError, ValueError):
+        pass
+    return (f"python launch/run.py --config=configs/{name}.py:{variant} --workdir={workdir} "
+            "--config.stages=tokenizer,dynamics (finished stages are not retrained)")
+
+
+@eqx.filter_jit
+def _encode(tokenizer: Tokenizer, frames):
+    return tokenizer.encode(frames)
+
+
+@eqx.filter_jit
+def _decode(tokenizer: Tokenizer, latents):
+    return jnp.clip(tokenizer.decode(latents), 0.0, 1.0)
+
+
+class WorldModel(eqx.Module):
+    """A trained world model: `encode` frames, `decode` latents, imagine with `world.imagine`."""
+
+    tokenizer: Tokenizer
+    dynamics: Dynamics
+
+    def __check_init__(self):
+        tok, dyn = self.tokenizer.config, self.dynamics.config
+        if (tok.n_latents, tok.latent_dim) != (dyn.latent_tokens, dyn.latent_dim):
+            raise ValueError(f"tokenizer latents {(tok.n_latents, tok.latent_dim)} do not match "
+                             f"the dynamics model's {(dyn.latent_tokens, dyn.latent_dim)}.")
+
+    @property
+    def action(self) -> ActionSpec:
+        """The action layout the dynamics model was trained with."""
+        return self.dynamics.config.action
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.tokenizer.config.image_size
+
+    def encode(self, frames: Video) -> Float[Array, "batch time latents dim"]:
+        """Frames (uint8, or float in [0, 1]) -> tokenizer latents, causal in time."""
+        return _encode(self.tokenizer, jnp.asarray(frames))
+
+    def decode(
+        self, latents: Float[Array, "batch time latents dim"]
+    ) -> Float[Array, "batch time height width 3"]:
+        """Latents -> frames in [0, 1], causal in time."""
+        return _decode(self.tokenizer, jnp.asarray(latents))
+
+    def save(self, path: str, *, step: int = 0) -> None:
+        """Writes `<path>/tokenizer` and `<path>/dynamics` (loadable by `WorldModel.load`)."""
+        for part in PARTS:
+            save_part(os.path.join(path, part), getattr(self, part), step=step)
+
+    @classmethod
+    def load(cls, path: str, *, strict: bool = True, **dynamics_overrides) -> "WorldModel":
+        """From a run's workdir or a folder written by `save`. `strict=False` (with
+        `dynamics_overrides` such as agent_tokens=8) initialises parameters the saved weights
+        lack and ignores saved ones the model no longer has."""
+        return cls(load_tokenizer(model_folder(path, "tokenizer"), strict=strict),
+                   load_dynamics(model_folder(path, "dynamics"), strict=strict,
+                                 **dynamics_overrides))
