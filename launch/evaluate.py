@@ -34,8 +34,8 @@ from data.clips import open_shard, read_index
 from data.jobs import Progress
 from dynamics import align_actions, generate, generate_uncached
 from launch import report
-from launch.stages import Workdir, new_dynamics_state, trained_tokenizer
-from launch.trainer import restore_state
+from launch.stages import Workdir
+from world import WorldModel
 
 MAX_PSNR = 100.0  # dB; identical frames (PSNR inf) count as this, so the JSON stays finite
 
@@ -77,18 +77,15 @@ def _generation_speed(model, latents, actions, has, *, context, frames, steps, s
 
 
 def eval_stage(config, work: Workdir, mesh) -> dict:
+    del mesh  # rollouts run on the default device
     ev = config.eval
     context, horizon = ev.context_frames, ev.horizon
     length = context + horizon
     clips = eval_clips(work.clips, ev.rollouts, length)
     latent_clips = eval_clips(work.latents, ev.rollouts, length)
     count = len(clips["frames"])
-    tokenizer = trained_tokenizer(config, work, mesh)
-    state = restore_state(work.dynamics, new_dynamics_state(config, work), mesh)
-    if state is None:
-        raise FileNotFoundError(f"no dynamics checkpoint in {work.dynamics}; run the 'dynamics' "
-                                "stage first.")
-    model = state.model
+    world = WorldModel.load(work.root)
+    tokenizer, model = world.tokenizer, world.dynamics
     truth = to_float(jnp.asarray(clips["frames"]))
     latents = jnp.asarray(latent_clips["latents"])
     actions, has = align_actions(jnp.asarray(latent_clips["actions"]),

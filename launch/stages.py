@@ -5,7 +5,10 @@ tokenizer  clips -> <workdir>/tokenizer (checkpoints of the MAE tokenizer)
 latents    clips + frozen encoder -> <workdir>/latents (same shard layout, latents not frames)
 dynamics   latents -> <workdir>/dynamics (checkpoints of the world model)
 eval       see launch/evaluate.py
-Every stage is resumable: finished work is found and skipped, checkpoints resume training.
+Every stage is resumable: finished work is found and skipped, checkpoints resume training. The
+training stages keep optimizer and loader state in their checkpoints and, once finished, save the
+model alone to <workdir>/models/<stage> (`world.WorldModel.load(workdir)` reads both), which is
+what the latents and eval stages load.
 """
 
 import dataclasses
@@ -25,9 +28,12 @@ from data.prepare import episode_splits, generate_source
 from data.sim_demos import SimSettings
 from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
 from launch import settings
-from launch.trainer import make_optimizer, restore_state, train
+from launch.trainer import make_optimizer, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
 from tokenizer import make_train_step as make_tokenizer_step
+from world import load_tokenizer, save_part
+from world.model import model_folder
+from world.serialise import HEADER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +41,8 @@ class Workdir:
     root: str
 
     def __getattr__(self, name: str) -> str:
-        if name in ("source", "clips", "tokenizer", "latents", "dynamics", "eval", "logs"):
+        if name in ("source", "clips", "tokenizer", "latents", "dynamics", "eval", "logs",
+                    "models"):
             return os.path.join(self.root, name)
         raise AttributeError(name)
 
@@ -90,20 +97,36 @@ def tokenizer_stage(config, work: Workdir, mesh) -> None:
     step = make_tokenizer_step(optimizer, perceptual=_perceptual(config))
     train("tokenizer", work.root, state, lambda s, b, k: step(s, b["frames"], key=k),
           _loader(config, work.clips, config.train.tokenizer), config.train.tokenizer, mesh,
-          key=jax.random.key(config.seed + 1))
+          key=jax.random.key(config.seed + 1), export=model_saver(work, "tokenizer"))
 
 
-def trained_tokenizer(config, work: Workdir, mesh) -> Tokenizer:
-    state = restore_state(work.tokenizer, new_tokenizer_state(config)[0], mesh)
-    if state is None:
-        raise FileNotFoundError(f"no tokenizer checkpoint in {work.tokenizer}; run the "
-                                "'tokenizer' stage first (--config.stages=tokenizer).")
-    return state.model
+def model_saver(work: Workdir, part: str):
+    """export(model, step) for `train`: saves the finished model to <workdir>/models/<part>
+    unless that step is saved there already."""
+    folder = os.path.join(work.models, part)
+
+    def export(model, step: int) -> None:
+        try:
+            with open(os.path.join(folder, HEADER)) as f:
+                if json.load(f)["step"] == step:
+                    return
+        except (OSError, ValueError, KeyError):
+            pass
+        save_part(folder, model, step=step)
+        print(f"[{part}] saved the model to {folder}", flush=True)
+
+    return export
+
+
+def trained_tokenizer(work: Workdir) -> Tokenizer:
+    """The finished tokenizer, from <workdir>/models/tokenizer."""
+    return load_tokenizer(model_folder(work.root, "tokenizer"))
 
 
 def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
     """Encodes every clip of every split once with the frozen encoder (resumable per shard)."""
-    encoder = trained_tokenizer(config, work, mesh)
+    del mesh  # the frozen encoder runs on the default device
+    encoder = trained_tokenizer(work)
     encode = eqx.filter_jit(lambda model, frames: model.encode(frames))
     encode_clips(work.clips, work.latents, lambda frames: encode(encoder, frames), batch=batch)
 
@@ -222,6 +245,6 @@ def dynamics_stage(config, work: Workdir, mesh) -> None:
     rows = round(train_config.bootstrap_fraction * train_config.batch)
     train("dynamics", work.root, new_dynamics_state(config, work), step,
           _loader(config, work.latents, train_config), train_config, mesh,
-          key=jax.random.key(config.seed + 3),
+          key=jax.random.key(config.seed + 3), export=model_saver(work, "dynamics"),
           step_kwargs=lambda i: {"bootstrap_rows": rows if i >= train_config.bootstrap_start
                                  else 0})

@@ -60,15 +60,11 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-def restore_state(directory: str, template, mesh):
-    """The newest checkpointed state of a stage laid out for `mesh`, or None."""
-    restored = Checkpoints(directory).restore(template, state_shardings(mesh, template))
-    return None if restored is None else restored[0]
-
-
 def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
-          step_kwargs=lambda step: {}):
-    """Runs `step_fn(state, batch, key, **step_kwargs(step))` up to `train.steps`; returns state."""
+          step_kwargs=lambda step: {}, export=None):
+    """Runs `step_fn(state, batch, key, **step_kwargs(step))` up to `train.steps`; returns state.
+    `export(model, step)` is called with the trained model when training is complete (also when
+    it already was)."""
     checkpoints = Checkpoints(os.path.join(workdir, name))
     state = shard_state(mesh, state)
     restored = checkpoints.restore(state, state_shardings(mesh, state))
@@ -79,6 +75,8 @@ def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
     start, total = int(state.step), train.steps
     if start >= total:
         print(f"[{name}] already trained ({start}/{total} steps)", flush=True)
+        if export is not None:
+            export(state.model, start)
         return state
     writer = SummaryWriter(os.path.join(workdir, "logs", name))
     last_time, last_step, last_skipped = time.perf_counter(), start, int(state.skipped)
@@ -112,4 +110,6 @@ def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
             if streak == 0 and not (new_skips and new_skips == done - last_step):
                 checkpoints.save(done, state, loader.get_state())
     writer.close()
+    if export is not None:
+        export(state.model, total)
     return state
