@@ -181,5 +181,5 @@ def commit(caches: tuple[KVCache, ...], frames: int) -> tuple[KVCache, ...]:
 
 
 def make_room(caches: tuple[KVCache, ...], frames: int) -> tuple[KVCache, ...]:
-    """Slides every cache's window so that `frames` more frames fit."""
+    """Drops the oldest frames of every cache so that `frames` more fit (O(1): ring buffers)."""
     return tuple(cache.make_room(frames) for cache in caches)

@@ -1,7 +1,8 @@
 """Autoregressive generation with the fixed-size KV cache, and an uncached reference.
 
 Per generated frame (one compiled function, caches donated, nothing recompiles as context grows):
-1. `make_room`: if the caches are full, the window slides and the oldest frame is dropped;
+1. `make_room`: if the caches are full, the oldest frame is dropped (O(1): the caches are ring
+   buffers, so the new frame's writes reuse its slot and nothing moves);
 2. K denoising steps from pure noise, tau = 0, 1/K, ..., (K-1)/K with step d = 1/K; each step
    writes the frame's keys/values into the same scratch slot (the cache index does not move) and
    applies z <- z + d (z1_hat - z) / (1 - tau), so the last step lands on z1_hat;

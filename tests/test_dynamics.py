@@ -122,15 +122,16 @@ def test_meanflow_with_zero_step_is_flow_matching():
     assert np.isfinite(float(loss)) and float(metrics["bootstrap_mse"]) > 0
 
 
-@pytest.mark.parametrize("capacity", [None, 4])
-def test_cached_generation_equals_uncached(capacity):
-    """Same noise and actions: the KV-cached sampler reproduces full recomputation over 8
-    generated frames, also once the window slides (capacity 4)."""
+@pytest.mark.parametrize(("context", "capacity"), [(2, None), (2, 4), (5, 3)])
+def test_cached_generation_equals_uncached(context, capacity):
+    """Same noise and actions: the KV-cached sampler (a ring buffer) reproduces full
+    recomputation over the generated frames, also once the window slides and the ring wraps
+    (capacity 4, or 3 with more context frames than fit)."""
     model, (z1, actions, has) = _model(seed=1), _batch(b=2, t=10)
     kw = dict(key=jax.random.key(5), steps=4, capacity=capacity)
-    cached = generate(model, z1[:, :2], actions, has, **kw)
-    uncached = generate_uncached(model, z1[:, :2], actions, has, **kw)
-    assert cached.shape == (2, 8, 4, 3)
+    cached = generate(model, z1[:, :context], actions, has, **kw)
+    uncached = generate_uncached(model, z1[:, :context], actions, has, **kw)
+    assert cached.shape == (2, 10 - context, 4, 3)
     np.testing.assert_allclose(cached, uncached, rtol=1e-4, atol=1e-4)
 
 
