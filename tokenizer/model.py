@@ -17,6 +17,11 @@ simulator's 48x48 clips: 22.3 dB after 300 steps with them, 20.1 dB = mean frame
 Both are `core.AxialTransformer`s, block-causal in time, so frame t never depends on later frames
 and encode/decode work frame by frame on growing prefixes. Pixels enter as 2x - 1 and leave as
 (y + 1) / 2; the residual stream is float32 and matmuls run in `config.compute_dtype`.
+
+Encoder and Decoder build their tokens (`tokens`), within-frame mask (`space_mask`) and output
+(`read_out`) once for both forms: `__call__` over whole sequences and `step` over new frames
+through the transformer's KV caches. `Tokenizer.encode_step` / `decode_step` stream one frame
+at a time over `init_caches` (semantics of the window in `tokenizer.stream`).
 """
 
 import equinox as eqx
@@ -26,8 +31,11 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from core import AxialTransformer, Linear, modality_mask
 from core.layers import expand_to, truncated_normal_init
+from core.transformer import commit, make_room
+from kernels import KVCache
 from tokenizer.config import TokenizerConfig
-from tokenizer.patches import Video, patchify, unpatchify
+from tokenizer.patches import Frame, Video, patchify, unpatchify
+from tokenizer.stream import TokenizerCaches
 
 # Within-frame rules between the token groups (first group, latents), True = may attend.
 ENCODER_RULES = ((True, False), (True, True))  # patches -> patches; latents -> everything
@@ -85,12 +93,13 @@ class Encoder(eqx.Module):
                                     key=kb)
         self.region_skip = config.region_skip
 
-    def __call__(
+    def tokens(
         self,
         patches: Float[Array, "batch time patches patch_dim"],
         *,
         mask: Bool[Array, "batch time patches"] | None = None,
-    ) -> Float[Array, "batch time n_latents latent_dim"]:
+    ) -> Float[Array, "batch time tokens width"]:
+        """Transformer input per frame: [patch embeddings (masked ones -> mask token), latents]."""
         batch, time, count, _ = patches.shape
         x = self.patch_embed(2.0 * patches - 1.0).astype(jnp.float32)
         if mask is not None:
@@ -99,11 +108,41 @@ class Encoder(eqx.Module):
         if self.region_skip:
             pool = region_matrix(latents.shape[2], count)
             latents = latents + jnp.einsum("lp,btpw->btlw", pool, x)
-        rules = modality_mask([count, latents.shape[2]], ENCODER_RULES)
-        y = self.transformer(jnp.concatenate([x, latents], axis=2), space_mask=jnp.asarray(rules))
-        pre = self.to_bottleneck(y[:, :, count:]).astype(jnp.float32)
+        return jnp.concatenate([x, latents], axis=2)
+
+    def space_mask(self, patches: int) -> Bool[Array, "tokens tokens"]:
+        """ENCODER_RULES over a frame of `patches` patch tokens and the latent tokens."""
+        return jnp.asarray(modality_mask([patches, self.latent_tokens.shape[0]], ENCODER_RULES))
+
+    def read_out(
+        self, y: Float[Array, "batch time tokens width"]
+    ) -> Float[Array, "batch time n_latents latent_dim"]:
+        """Latent-token outputs -> Linear -> RMS normalisation -> tanh."""
+        pre = self.to_bottleneck(y[:, :, -self.latent_tokens.shape[0]:]).astype(jnp.float32)
         pre = pre * jax.lax.rsqrt(jnp.mean(jnp.square(pre), axis=-1, keepdims=True) + 1e-6)
         return jnp.tanh(pre)
+
+    def __call__(
+        self,
+        patches: Float[Array, "batch time patches patch_dim"],
+        *,
+        mask: Bool[Array, "batch time patches"] | None = None,
+        time_mask: Bool[Array, "batch time time"] | None = None,
+    ) -> Float[Array, "batch time n_latents latent_dim"]:
+        """`time_mask` further restricts which frames each frame sees (see AxialTransformer)."""
+        y = self.transformer(self.tokens(patches, mask=mask),
+                             space_mask=self.space_mask(patches.shape[2]), time_mask=time_mask)
+        return self.read_out(y)
+
+    def step(
+        self,
+        patches: Float[Array, "batch new patches patch_dim"],
+        caches: tuple[KVCache, ...],
+    ) -> tuple[Float[Array, "batch new n_latents latent_dim"], tuple[KVCache, ...]]:
+        """`__call__` for new frames after the cached ones; caches written, not committed."""
+        y, caches = self.transformer.step(self.tokens(patches), caches,
+                                          space_mask=self.space_mask(patches.shape[2]))
+        return self.read_out(y), caches
 
 
 class Decoder(eqx.Module):
@@ -126,24 +165,55 @@ class Decoder(eqx.Module):
                                 compute_dtype=dtype, key=kp)  # starts as mid-grey
         self.region_skip = config.region_skip
 
-    def __call__(
+    def tokens(
         self, latents: Float[Array, "batch time n_latents latent_dim"]
-    ) -> Float[Array, "batch time patches patch_dim"]:
+    ) -> Float[Array, "batch time tokens width"]:
+        """Transformer input per frame: [readout tokens, latents projected to width]."""
         batch, time, n_latents, _ = latents.shape
         readouts = _broadcast_tokens(self.readout_tokens, batch, time)
-        count = readouts.shape[2]
         lifted = self.from_bottleneck(latents).astype(jnp.float32)
         if self.region_skip:
-            spread = (region_matrix(n_latents, count) > 0).astype(jnp.float32)
+            spread = (region_matrix(n_latents, readouts.shape[2]) > 0).astype(jnp.float32)
             readouts = readouts + jnp.einsum("lp,btlw->btpw", spread, lifted)
-        x = jnp.concatenate([readouts, lifted], axis=2)
-        rules = modality_mask([count, n_latents], DECODER_RULES)
-        y = self.transformer(x, space_mask=jnp.asarray(rules))
-        return (self.to_pixels(y[:, :, :count]).astype(jnp.float32) + 1.0) * 0.5
+        return jnp.concatenate([readouts, lifted], axis=2)
+
+    def space_mask(self, n_latents: int) -> Bool[Array, "tokens tokens"]:
+        """DECODER_RULES over a frame of readout tokens and `n_latents` latent tokens."""
+        return jnp.asarray(modality_mask([self.readout_tokens.shape[0], n_latents],
+                                         DECODER_RULES))
+
+    def read_out(
+        self, y: Float[Array, "batch time tokens width"]
+    ) -> Float[Array, "batch time patches patch_dim"]:
+        """Readout-token outputs -> Linear -> patch pixels in [0, 1] (unclipped)."""
+        readouts = y[:, :, :self.readout_tokens.shape[0]]
+        return (self.to_pixels(readouts).astype(jnp.float32) + 1.0) * 0.5
+
+    def __call__(
+        self,
+        latents: Float[Array, "batch time n_latents latent_dim"],
+        *,
+        time_mask: Bool[Array, "batch time time"] | None = None,
+    ) -> Float[Array, "batch time patches patch_dim"]:
+        """`time_mask` further restricts which frames each frame sees (see AxialTransformer)."""
+        y = self.transformer(self.tokens(latents), space_mask=self.space_mask(latents.shape[2]),
+                             time_mask=time_mask)
+        return self.read_out(y)
+
+    def step(
+        self,
+        latents: Float[Array, "batch new n_latents latent_dim"],
+        caches: tuple[KVCache, ...],
+    ) -> tuple[Float[Array, "batch new patches patch_dim"], tuple[KVCache, ...]]:
+        """`__call__` for new frames after the cached ones; caches written, not committed."""
+        y, caches = self.transformer.step(self.tokens(latents), caches,
+                                          space_mask=self.space_mask(latents.shape[2]))
+        return self.read_out(y), caches
 
 
 class Tokenizer(eqx.Module):
-    """Causal video tokenizer: `encode(video) -> latents`, `decode(latents) -> video`."""
+    """Causal video tokenizer: `encode(video) -> latents`, `decode(latents) -> video`, and the
+    per-frame forms `encode_step` / `decode_step` over `init_caches` (see `tokenizer.stream`)."""
 
     encoder: Encoder
     decoder: Decoder
@@ -155,6 +225,20 @@ class Tokenizer(eqx.Module):
         self.decoder = Decoder(config, key=kd)
         self.config = config
 
+    def init_caches(self, batch: int, capacity: int, dtype=None) -> TokenizerCaches:
+        """Empty encoder and decoder KV caches for `batch` streams of `capacity` frames (default
+        dtype: the compute dtype). See `tokenizer.stream` for what the window means."""
+        if batch < 1 or capacity < 1:
+            raise ValueError(f"Tokenizer.init_caches: batch ({batch}) and capacity ({capacity}, "
+                             "in frames) must be >= 1.")
+        dtype = dtype or jnp.dtype(self.config.compute_dtype)
+        tokens = self.config.n_patches + self.config.n_latents  # per frame, in both transformers
+        return TokenizerCaches(
+            encoder=self.encoder.transformer.init_caches(batch, tokens, capacity, dtype),
+            decoder=self.decoder.transformer.init_caches(batch, tokens, capacity, dtype),
+            batch=batch, capacity=capacity,
+        )
+
     def encode(
         self,
         video: Video,
@@ -163,17 +247,44 @@ class Tokenizer(eqx.Module):
     ) -> Float[Array, "batch time n_latents latent_dim"]:
         """Video (uint8, or float in [0, 1]) -> bottleneck in (-1, 1); `mask` marks MAE-masked
         patches (training only). Latents of frame t depend only on frames 0..t."""
-        if video.shape[2:4] != self.config.image_size:
-            raise ValueError(f"video frames are {video.shape[2:4]}, the tokenizer was built for "
-                             f"image_size {self.config.image_size}.")
+        self._check_image(video.shape[2:4], "video")
         return self.encoder(patchify(video, self.config.patch), mask=mask)
 
     def decode(
         self, latents: Float[Array, "batch time n_latents latent_dim"]
     ) -> Float[Array, "batch time height width 3"]:
         """Bottleneck -> float32 video, roughly in [0, 1] (unclipped); frame t uses latents 0..t."""
-        want = (self.config.n_latents, self.config.latent_dim)
-        if latents.shape[2:] != want:
-            raise ValueError(f"latents have shape {latents.shape[2:]} per frame, expected "
-                             f"(n_latents, latent_dim) = {want}.")
+        self._check_latents(latents.shape[2:])
         return unpatchify(self.decoder(latents), self.config.image_size, self.config.patch)
+
+    def encode_step(
+        self, frame: Frame, caches: TokenizerCaches
+    ) -> tuple[Float[Array, "batch n_latents latent_dim"], TokenizerCaches]:
+        """`encode` of one more frame after the frames in `caches`: slides the window if it is
+        full, runs the encoder's cached step and commits the frame (see `tokenizer.stream`)."""
+        self._check_image(frame.shape[1:3], "frame")
+        caches.check_batch(frame.shape[0], "frame")
+        room = make_room(caches.encoder, 1)
+        latents, written = self.encoder.step(patchify(frame[:, None], self.config.patch), room)
+        return latents[:, 0], eqx.tree_at(lambda c: c.encoder, caches, commit(written, 1))
+
+    def decode_step(
+        self, latents: Float[Array, "batch n_latents latent_dim"], caches: TokenizerCaches
+    ) -> tuple[Float[Array, "batch height width 3"], TokenizerCaches]:
+        """`decode` of one more frame's latents after those in `caches` (as `encode_step`)."""
+        self._check_latents(latents.shape[1:])
+        caches.check_batch(latents.shape[0], "latents")
+        patches, written = self.decoder.step(latents[:, None], make_room(caches.decoder, 1))
+        frame = unpatchify(patches, self.config.image_size, self.config.patch)[:, 0]
+        return frame, eqx.tree_at(lambda c: c.decoder, caches, commit(written, 1))
+
+    def _check_image(self, size: tuple[int, ...], what: str):
+        if tuple(size) != self.config.image_size:
+            raise ValueError(f"{what} images are {tuple(size)}, the tokenizer was built for "
+                             f"image_size {self.config.image_size}.")
+
+    def _check_latents(self, shape: tuple[int, ...]):
+        want = (self.config.n_latents, self.config.latent_dim)
+        if tuple(shape) != want:
+            raise ValueError(f"latents have shape {tuple(shape)} per frame, expected "
+                             f"(n_latents, latent_dim) = {want}.")

@@ -10,6 +10,7 @@ from jaxtyping import Array, Float, UInt8
 from core import to_float
 
 Video = UInt8[Array, "batch time height width 3"] | Float[Array, "batch time height width 3"]
+Frame = UInt8[Array, "batch height width 3"] | Float[Array, "batch height width 3"]
 
 
 def as_float(video: Video) -> Float[Array, "batch time height width 3"]:
