@@ -12,6 +12,7 @@ from tensorboardX.proto.summary_pb2 import Summary
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def side_by_side(truth: np.ndarray, imagined: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -73,6 +74,7 @@ def plot_curves(path: str, panels: dict[str, dict[str, list[float]]]) -> str:
     for axis, (ylabel, curves) in zip(axes[0], panels.items(), strict=True):
         for name, values in curves.items():
             axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("steps into the future")
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3)
