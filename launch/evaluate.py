@@ -1,27 +1,29 @@
-"""The eval stage: tokenizer quality, imagined rollouts against baselines, generation speed.
+"""The eval stage: runs the evaluators named by `config.eval.evaluators` (launch/evaluators.py;
+default tokenizer, rollout, speed) on the first `eval.rollouts` held-out clips (episodes never
+seen in training) and merges their metrics into <workdir>/eval/summary.json (written atomically).
 
-On the first `eval.rollouts` held-out clips (episodes never seen in training):
 - tokenizer: PSNR / SSIM of the reconstruction of every frame of the rollout windows;
-- rollouts: C = `context_frames` context frames (their latents), then H = `horizon` frames
-  imagined with the KV-cached sampler (K = `sampling_steps`) from the real actions and decoded.
-  Per step h: PSNR / SSIM of each imagined frame against the truth, averaged over rollouts
-  (per-frame PSNR, not the PSNR of an averaged MSE, which rewards blur);
-- baselines on the same frames: copy the last true context frame ("copy_last"), copy the
-  tokenizer's reconstruction of it, and the model driven with actions of another rollout
-  ("shuffled_actions": a world model must do worse with them); "copy_last_exact" counts, per
-  step, the rollouts whose true frame equals the last context frame pixel for pixel (a static
-  scene: copy-last scores the 100 dB cap there, which no model decoding latents reaches, so a
-  few of them move the copy-last mean by dB);
+- rollout: C = `context_frames` context frames (their latents), then H = `horizon` frames
+  imagined with the KV-cached sampler (K = `sampling_steps`) from the real actions and decoded,
+  `batch` rollouts at a time, batch b sampling with the key fold_in(key(config.seed), b) (the
+  same keys for real and shuffled actions). Per step h: per-frame PSNR / SSIM of the imagined
+  frame against the truth averaged over rollouts (this does not reward blur), the PSNR of the
+  MSE averaged over rollouts (`*_mse`, which does), and the sharpness ratio of imagined to true
+  frames (launch/metrics.py defines each). Baselines on the same frames: copy the last true
+  context frame ("copy_last"), copy the tokenizer's reconstruction of it, and the model driven
+  with actions of another rollout ("shuffled_actions": a world model must do worse with them);
+  "copy_last_exact" counts, per step, the rollouts whose true frame equals the last context
+  frame pixel for pixel (a static scene: copy-last scores the PSNR cap there);
 - speed: frames/s of cached and uncached generation at batch 1 with C frames of context.
-Per-frame PSNR is capped at 100 dB (identical frames), so summary.json holds finite numbers.
-Writes <workdir>/eval/summary.json, side-by-side videos and the PSNR plot, and the curves plus a
-sample strip (truth / reconstruction / imagination) and the rollout videos to TensorBoard;
-prints a summary.
+Per-frame PSNR is capped at 20 log10(255) = 48.13 dB, the PSNR of an error of one 8-bit level on
+every pixel (identical frames count as the cap), so summary.json holds finite numbers.
+With rollouts evaluated it also writes side-by-side videos and the PSNR / SSIM plot, and the
+per-step curves plus a sample strip (truth / reconstruction / imagination) and the rollout videos
+to TensorBoard; prints a summary.
 """
 
-import json
+import functools
 import os
-import time
 
 import equinox as eqx
 import jax
@@ -29,15 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from core import psnr, ssim, to_float, to_uint8
-from data.clips import open_shard, read_index
+from core import to_float, to_uint8
+from data.clips import open_shard, read_index, write_json
 from data.jobs import Progress
-from dynamics import align_actions, generate, generate_uncached
-from launch import report
+from dynamics import align_actions, generate
+from launch import report, settings
+from launch.evaluators import EVALUATORS
+from launch.metrics import COPY_LAST, COPY_LAST_RECONSTRUCTION, MODEL, PSNR_CAP, SHUFFLED
 from launch.stages import Workdir
-from world import WorldModel
-
-MAX_PSNR = 100.0  # dB; identical frames (PSNR inf) count as this, so the JSON stays finite
+from world import load_dynamics, load_tokenizer
+from world.model import model_folder
 
 
 def eval_clips(folder: str, count: int, length: int) -> dict[str, np.ndarray]:
@@ -56,133 +59,205 @@ def eval_clips(folder: str, count: int, length: int) -> dict[str, np.ndarray]:
     return {key: np.concatenate(value)[:count] for key, value in rows.items()}
 
 
-def _batched(fn, *arrays, batch: int):
-    return np.concatenate([np.asarray(fn(*(a[i:i + batch] for a in arrays)))
-                           for i in range(0, len(arrays[0]), batch)])
+_decode = eqx.filter_jit(lambda tokenizer, z: jnp.clip(tokenizer.decode(z), 0.0, 1.0))
+# Curve labels of the model and the baselines, by the suffix of their keys (launch/metrics.py).
+LABELS = {MODEL: "model", COPY_LAST: "copy last frame",
+          COPY_LAST_RECONSTRUCTION: "copy last reconstruction", SHUFFLED: "model, shuffled actions"}
+STANDARD_GROUPS = ("tokenizer", "rollout", "speed")  # print_summary writes these out in full
 
 
-def _generation_speed(model, latents, actions, has, *, context, frames, steps, signal):
-    """Frames/s after warm-up, cached and uncached, batch 1, `context` frames of context."""
-    total = context + frames
-    args = (model, latents[:1, :context], actions[:1, :total], has[:1, :total])
-    speeds = {}
-    for name, fn, capacity in (("cached", generate, total),
-                               ("uncached", generate_uncached, context + 1)):
-        kw = dict(key=jax.random.key(0), steps=steps, context_signal=signal, capacity=capacity)
-        jax.block_until_ready(fn(*args, **kw))  # compile
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args, **kw))
-        speeds[name] = frames / (time.perf_counter() - start)
-    return speeds
+def _batched(fn, *arrays, batch: int, what: str) -> jax.Array:
+    """fn(batch_index, *rows) over consecutive `batch` rows of `arrays`, concatenated."""
+    starts = range(0, len(arrays[0]), batch)
+    progress = Progress(f"[eval] {what}", len(starts), "batches")
+    outputs = []
+    for index, start in enumerate(starts):
+        outputs.append(np.asarray(fn(index, *(a[start:start + batch] for a in arrays))))
+        progress.update()
+    return jnp.asarray(np.concatenate(outputs))
 
 
-def eval_stage(config, work: Workdir, mesh) -> dict:
-    del mesh  # rollouts run on the default device
-    ev = config.eval
-    context, horizon = ev.context_frames, ev.horizon
-    length = context + horizon
-    clips = eval_clips(work.clips, ev.rollouts, length)
-    latent_clips = eval_clips(work.latents, ev.rollouts, length)
-    count = len(clips["frames"])
-    world = WorldModel.load(work.root)
-    tokenizer, model = world.tokenizer, world.dynamics
-    truth = to_float(jnp.asarray(clips["frames"]))
-    latents = jnp.asarray(latent_clips["latents"])
-    actions, has = align_actions(jnp.asarray(latent_clips["actions"]),
-                                 jnp.asarray(latent_clips["has_action"]))
-    decode = eqx.filter_jit(lambda m, z: jnp.clip(m.decode(z), 0.0, 1.0))
-    progress = Progress("[eval] rollouts", 3, "passes")
-    recon = jnp.asarray(_batched(lambda z: decode(tokenizer, z), latents, batch=ev.batch))
-    progress.update()
+class EvalContext:
+    """What evaluators read; each attribute is loaded or computed once, on first use, so an
+    evaluator set that never touches e.g. the dynamics model needs no dynamics checkpoint.
 
-    def imagine(actions):
-        def one_batch(z, a, h):
-            future = generate(model, z[:, :context], a, h, key=jax.random.key(config.seed),
-                              steps=ev.sampling_steps, context_signal=ev.context_signal)
-            return decode(tokenizer, jnp.concatenate([z[:, :context], future], axis=1))
-        return jnp.asarray(_batched(one_batch, latents, actions, has, batch=ev.batch))
+    frames: uint8 [rollouts, C + H, height, width, 3], the first `eval.rollouts` eval clips;
+    truth: the same as float in [0, 1]; latents, actions, has_action: their latent clips (actions
+    aligned to the model's convention); tokenizer, model: the trained networks; reconstruction:
+    every latent decoded; imagined / shuffled: C context latents, then H frames generated from the
+    real / the next rollout's actions, all decoded.
+    """
 
-    imagined = imagine(actions)
-    progress.update()
-    shuffled = imagine(jnp.roll(actions, 1, axis=0))
-    progress.update()
+    def __init__(self, config, work: Workdir, mesh):
+        self.config, self.work, self.mesh = config, work, mesh
+        self.context = config.eval.context_frames
+        self.length = self.context + config.eval.horizon
 
-    future = slice(context, length)
-    capped = lambda metric, a, b: np.minimum(np.asarray(metric(a, b)), MAX_PSNR)
-    per_step = lambda metric, frames: capped(metric, frames[:, future], truth[:, future]
-                                             ).mean(axis=0).tolist()
-    last = jnp.broadcast_to(truth[:, context - 1:context], truth[:, future].shape)
-    last_recon = jnp.broadcast_to(recon[:, context - 1:context], truth[:, future].shape)
-    copy = lambda metric, frames: capped(metric, frames, truth[:, future]).mean(0).tolist()
-    speed = _generation_speed(model, latents, actions, has, context=context,
-                              frames=ev.speed_frames, steps=ev.sampling_steps,
-                              signal=ev.context_signal)
-    summary = {
-        "tokenizer.psnr": float(np.mean(capped(psnr, recon, truth))),
-        "tokenizer.ssim": float(jnp.mean(ssim(recon, truth))),
-        "rollout.psnr": per_step(psnr, imagined),
-        "rollout.ssim": per_step(ssim, imagined),
-        "rollout.psnr_copy_last": copy(psnr, last),
-        "rollout.ssim_copy_last": copy(ssim, last),
-        "rollout.psnr_copy_last_reconstruction": copy(psnr, last_recon),
-        "rollout.copy_last_exact": np.all(clips["frames"][:, future] == clips["frames"][
-            :, context - 1:context], axis=(2, 3, 4)).sum(axis=0).tolist(),
-        "rollout.psnr_shuffled_actions": per_step(psnr, shuffled),
-        "rollout.context_frames": context,
-        "rollout.horizon": horizon,
-        "rollout.sampling_steps": ev.sampling_steps,
-        "rollout.count": count,
-        "speed.frames_per_second_cached": speed["cached"],
-        "speed.frames_per_second_uncached": speed["uncached"],
-    }
-    os.makedirs(work.eval, exist_ok=True)
-    paths = [report.plot_curves(os.path.join(work.eval, "psnr_over_horizon.png"), {
-        "model": summary["rollout.psnr"], "copy last frame": summary["rollout.psnr_copy_last"],
-        "model, shuffled actions": summary["rollout.psnr_shuffled_actions"]}, ylabel="PSNR (dB)")]
-    truth8, imagined8 = np.asarray(to_uint8(truth)), np.asarray(to_uint8(imagined))
-    for i in range(min(ev.videos, count)):
-        frames = report.side_by_side(truth8[i], np.concatenate([truth8[i, :context],
-                                                                imagined8[i, future]]))
-        paths += report.write_videos(os.path.join(work.eval, f"rollout_{i}"), frames)
-    if ev.videos and not report.have_mp4_writer():
-        print("[eval] note: no mp4 videos (GIF only): imageio-ffmpeg is not installed; "
-              "`pip install imageio-ffmpeg` adds them")
-    with open(os.path.join(work.eval, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    gifs = [path for path in paths if path.endswith(".gif")]
-    _to_tensorboard(work, summary, truth8, imagined8, np.asarray(to_uint8(recon)), gifs)
-    print_summary(summary, [os.path.join(work.eval, "summary.json"), *paths])
+    def computed(self, name: str) -> bool:
+        """Whether attribute `name` has been loaded or computed."""
+        return name in self.__dict__
+
+    @functools.cached_property
+    def frames(self) -> np.ndarray:
+        return eval_clips(self.work.clips, self.config.eval.rollouts, self.length)["frames"]
+
+    @functools.cached_property
+    def truth(self) -> jax.Array:
+        return to_float(jnp.asarray(self.frames))
+
+    @functools.cached_property
+    def _latent_clips(self) -> dict[str, jax.Array]:
+        clips = eval_clips(self.work.latents, self.config.eval.rollouts, self.length)
+        actions, has = align_actions(jnp.asarray(clips["actions"]),
+                                     jnp.asarray(clips["has_action"]))
+        return {"latents": jnp.asarray(clips["latents"]), "actions": actions, "has_action": has}
+
+    @property
+    def latents(self) -> jax.Array:
+        return self._latent_clips["latents"]
+
+    @property
+    def actions(self) -> jax.Array:
+        return self._latent_clips["actions"]
+
+    @property
+    def has_action(self) -> jax.Array:
+        return self._latent_clips["has_action"]
+
+    @functools.cached_property
+    def tokenizer(self):
+        return load_tokenizer(model_folder(self.work.root, "tokenizer"))
+
+    @functools.cached_property
+    def model(self):
+        return load_dynamics(model_folder(self.work.root, "dynamics"))
+
+    @functools.cached_property
+    def reconstruction(self) -> jax.Array:
+        return _batched(lambda _, z: _decode(self.tokenizer, z), self.latents,
+                        batch=self.config.eval.batch, what="decoding the eval latents")
+
+    @functools.cached_property
+    def imagined(self) -> jax.Array:
+        return self._imagine(self.actions, "real actions")
+
+    @functools.cached_property
+    def shuffled(self) -> jax.Array:
+        return self._imagine(jnp.roll(self.actions, 1, axis=0), "shuffled actions")
+
+    def _imagine(self, actions: jax.Array, what: str) -> jax.Array:
+        ev, context = self.config.eval, self.context
+        seed = jax.random.key(self.config.seed)
+
+        def one_batch(index, z, a, has):
+            future = generate(self.model, z[:, :context], a, has,
+                              key=jax.random.fold_in(seed, index), steps=ev.sampling_steps,
+                              context_signal=ev.context_signal)
+            return _decode(self.tokenizer, jnp.concatenate([z[:, :context], future], axis=1))
+
+        return _batched(one_batch, self.latents, actions, self.has_action, batch=ev.batch,
+                        what=f"rollouts ({what})")
+
+
+def run_evaluators(names: list[str], ctx: EvalContext) -> dict:
+    """The merged metrics of the evaluators `names` (keys of launch.evaluators.EVALUATORS)."""
+    summary: dict = {}
+    source: dict[str, str] = {}
+    for name in names:
+        metrics = EVALUATORS[name](ctx)
+        clash = sorted(set(metrics) & set(summary))
+        if clash:
+            raise ValueError(f"launch/evaluators.py: evaluators {source[clash[0]]!r} and {name!r} "
+                             f"both return {clash}; give one of them other key names.")
+        summary |= metrics
+        source |= dict.fromkeys(metrics, name)
     return summary
 
 
-def _to_tensorboard(work: Workdir, summary: dict, truth, imagined, recon, gifs) -> None:
-    """Per-step PSNR curves, a sample strip (truth / reconstruction / imagination) and the
-    side-by-side rollout videos (the GIF files `gifs`, tags eval/rollout_<i>)."""
-    writer = SummaryWriter(os.path.join(work.logs, "eval"))
-    for key in ("rollout.psnr", "rollout.psnr_copy_last", "rollout.psnr_shuffled_actions"):
-        for step, value in enumerate(summary[key], start=1):
-            writer.add_scalar(key, value, step)
-    strip = np.concatenate([np.concatenate(list(rows), axis=1)
-                            for rows in (truth[0], recon[0], imagined[0])], axis=0)
-    writer.add_image("eval/truth_reconstruction_imagination", strip, dataformats="HWC")
+def eval_stage(config, work: Workdir, mesh) -> dict:
+    ctx = EvalContext(config, work, mesh)
+    summary = run_evaluators(settings.evaluators(config), ctx)
+    os.makedirs(work.eval, exist_ok=True)
+    paths = []
+    if "rollout.psnr" in summary:
+        paths.append(report.plot_curves(os.path.join(work.eval, "psnr_over_horizon.png"), {
+            ylabel: {label: summary[f"rollout.{metric}{suffix}"]
+                     for suffix, label in LABELS.items()}
+            for metric, ylabel in (("psnr", "PSNR (dB)"), ("ssim", "SSIM"))}))
+    videos = _write_videos(ctx) if ctx.computed("imagined") else []
+    paths += videos
+    summary_path = os.path.join(work.eval, "summary.json")
+    write_json(summary_path, summary)
+    _to_tensorboard(ctx, summary, [path for path in videos if path.endswith(".gif")])
+    print_summary(summary, [summary_path, *paths])
+    return summary
+
+
+def _write_videos(ctx: EvalContext) -> list[str]:
+    """Side-by-side videos (truth | context then imagination | difference) of the first
+    `eval.videos` rollouts; returns the paths written."""
+    videos = min(ctx.config.eval.videos, len(ctx.frames))
+    imagined = np.asarray(to_uint8(ctx.imagined))
+    paths = []
+    for i in range(videos):
+        frames = report.side_by_side(ctx.frames[i], np.concatenate(
+            [ctx.frames[i, :ctx.context], imagined[i, ctx.context:]]))
+        paths += report.write_videos(os.path.join(ctx.work.eval, f"rollout_{i}"), frames)
+    if videos and not report.have_mp4_writer():
+        print("[eval] note: no mp4 videos (GIF only): imageio-ffmpeg is not installed; "
+              "`pip install imageio-ffmpeg` adds them")
+    return paths
+
+
+def _to_tensorboard(ctx: EvalContext, summary: dict, gifs: list[str]) -> None:
+    """Every per-step curve of `summary` (tag = key, step 1..H), and with rollouts a sample
+    strip (truth / reconstruction / imagination) and the side-by-side rollout videos (the GIF
+    files `gifs`, tags eval/rollout_<i>)."""
+    writer = SummaryWriter(os.path.join(ctx.work.logs, "eval"))
+    for key, values in summary.items():
+        for step, value in enumerate(values if isinstance(values, list) else [], start=1):
+            if value is not None:
+                writer.add_scalar(key, value, step)
+    if ctx.computed("imagined"):
+        rows = [np.asarray(to_uint8(x[0])) for x in (ctx.truth, ctx.reconstruction, ctx.imagined)]
+        strip = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+        writer.add_image("eval/truth_reconstruction_imagination", strip, dataformats="HWC")
     for i, path in enumerate(gifs):
         writer.file_writer.add_summary(report.gif_summary(f"eval/rollout_{i}", path), 0)
     writer.close()
 
 
 def print_summary(summary: dict, paths: list[str]) -> None:
+    """The metrics present in `summary`, a few lines per evaluator, then the files written."""
     mean = lambda key: float(np.mean(summary[key]))
-    print(f"[eval] tokenizer PSNR {summary['tokenizer.psnr']:.2f} dB, SSIM "
-          f"{summary['tokenizer.ssim']:.3f}")
-    print(f"[eval] rollouts ({summary['rollout.count']} x {summary['rollout.horizon']} steps, "
-          f"K={summary['rollout.sampling_steps']}): mean PSNR model {mean('rollout.psnr'):.2f} "
-          f"dB | copy last {mean('rollout.psnr_copy_last'):.2f} | shuffled actions "
-          f"{mean('rollout.psnr_shuffled_actions'):.2f}")
-    exact = summary["rollout.copy_last_exact"]
-    if any(exact):
-        print(f"[eval] note: {sum(exact)} true future frames equal the last context frame pixel "
-              f"for pixel (per step: {exact}); copy-last scores {MAX_PSNR:.0f} dB on each")
-    print(f"[eval] generation: {summary['speed.frames_per_second_cached']:.1f} frames/s cached, "
-          f"{summary['speed.frames_per_second_uncached']:.1f} uncached")
+    if "tokenizer.psnr" in summary:
+        print(f"[eval] tokenizer PSNR {summary['tokenizer.psnr']:.2f} dB, SSIM "
+              f"{summary['tokenizer.ssim']:.3f}")
+    if "rollout.psnr" in summary:
+        print(f"[eval] rollouts ({summary['rollout.count']} x {summary['rollout.horizon']} "
+              f"steps, K={summary['rollout.sampling_steps']}): mean PSNR model "
+              f"{mean('rollout.psnr'):.2f} dB | copy last {mean('rollout.psnr_copy_last'):.2f} | "
+              f"shuffled actions {mean('rollout.psnr_shuffled_actions'):.2f}")
+        print(f"[eval] PSNR of the MSE averaged over rollouts (rewards blur), mean over steps: "
+              f"model {mean('rollout.psnr_mse'):.2f} dB | copy last "
+              f"{mean('rollout.psnr_copy_last_mse'):.2f} | shuffled actions "
+              f"{mean('rollout.psnr_shuffled_actions_mse'):.2f}")
+        ratios = summary["rollout.sharpness_ratio"]
+        known = [r for r in ratios if r is not None]
+        show = lambda r: "n/a" if r is None else f"{r:.2f}"
+        print(f"[eval] sharpness, mean |Laplacian| imagined / true (below 1: blurrier): step 1 "
+              f"{show(ratios[0])}, step {len(ratios)} {show(ratios[-1])}, mean "
+              f"{show(float(np.mean(known)) if known else None)}")
+        exact = summary["rollout.copy_last_exact"]
+        if any(exact):
+            print(f"[eval] note: {sum(exact)} true future frames equal the last context frame "
+                  f"pixel for pixel (per step: {exact}); copy-last scores the {PSNR_CAP:.2f} dB "
+                  "cap on each")
+    if "speed.frames_per_second_cached" in summary:
+        print(f"[eval] generation: {summary['speed.frames_per_second_cached']:.1f} frames/s "
+              f"cached, {summary['speed.frames_per_second_uncached']:.1f} uncached")
+    for key, value in summary.items():
+        if key.split(".")[0] not in STANDARD_GROUPS:
+            print(f"[eval] {key}: {value}")
     for path in paths:
         print(f"[eval] wrote {path}")

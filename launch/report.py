@@ -1,5 +1,5 @@
 """What users look at: side-by-side videos (mp4 and gif, also as TensorBoard summaries) and the
-PSNR-over-horizon plot."""
+PSNR / SSIM over horizon plot."""
 
 import os
 import warnings
@@ -12,6 +12,7 @@ from tensorboardX.proto.summary_pb2 import Summary
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 
 def side_by_side(truth: np.ndarray, imagined: np.ndarray, scale: int = 4) -> np.ndarray:
@@ -66,15 +67,18 @@ def gif_summary(tag: str, gif_path: str) -> Summary:
     return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
-def plot_curves(path: str, curves: dict[str, list[float]], *, ylabel: str) -> str:
-    """One line per named curve over horizon steps 1..H."""
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for name, values in curves.items():
-        axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
-    axis.set_xlabel("steps into the future")
-    axis.set_ylabel(ylabel)
-    axis.grid(alpha=0.3)
-    axis.legend()
+def plot_curves(path: str, panels: dict[str, dict[str, list[float]]]) -> str:
+    """One panel per y-axis label (side by side), one line per named curve over horizon steps
+    1..H."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for axis, (ylabel, curves) in zip(axes[0], panels.items(), strict=True):
+        for name, values in curves.items():
+            axis.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("steps into the future")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -7,6 +7,7 @@ Every check here runs before any stage starts, and every message names the confi
 import ml_collections
 
 from dynamics import ActionSpec, DynamicsConfig
+from launch.evaluators import EVALUATORS
 from launch.trainer import OPTIMIZERS
 from tokenizer import TokenizerConfig
 
@@ -30,6 +31,16 @@ def stages(config) -> list[str]:
     if unknown or not names:
         raise ConfigError(f"config.stages: unknown or no stages {unknown or names}; use a comma "
                           f"list of {STAGES}.")
+    return names
+
+
+def evaluators(config) -> list[str]:
+    """config.eval.evaluators: a comma list of names in launch.evaluators.EVALUATORS."""
+    names = list(dict.fromkeys(s.strip() for s in config.eval.evaluators.split(",") if s.strip()))
+    unknown = [s for s in names if s not in EVALUATORS]
+    if unknown or not names:
+        raise ConfigError(f"config.eval.evaluators: unknown or no evaluators {unknown or names}; "
+                          f"use a comma list of {tuple(EVALUATORS)}.")
     return names
 
 
@@ -101,6 +112,7 @@ def dynamics_config(config, action: ActionSpec, latent_stats: dict | None = None
 def validate(config, device_count: int) -> None:
     """Every check that needs no data; raises ConfigError naming the field."""
     stages(config)
+    evaluators(config)
     if config.data.format not in DATA_FORMATS:
         raise ConfigError(f"config.data.format: {config.data.format!r} is not one of "
                           f"{DATA_FORMATS}.")
