@@ -92,6 +92,9 @@ def model_folder(path: str, part: str) -> str:
         raise FileNotFoundError(f"{path} has {part} training checkpoints but no saved {part} "
                                 f"model (an older version, or the stage has not finished); "
                                 f"write it with: {_rerun_command(path)}")
+    if os.path.isfile(os.path.join(path, "config.json")):  # a run's workdir
+        raise FileNotFoundError(f"{path} has no {part} model: train it with "
+                                f"{_rerun_command(path)}")
     raise FileNotFoundError(f"{path} has no {part} model: train it first "
                             "(python launch/run.py --config=configs/<dataset>.py).")
 
