@@ -160,9 +160,9 @@ class ImaginedWorlds:
     def step(self, actions, *, has_action: bool = True) -> np.ndarray:
         """One more frame for every world, given `batch` actions (checked with `check_actions`);
         returns uint8 [batch, H, W, 3]."""
+        actions = check_actions(self.spec, actions, self.batch)
         if self._caches is None:
             raise RuntimeError("call reset (start) before step.")
-        actions = check_actions(self.spec, actions, self.batch)
         self.latents, image, self._caches, self._decoder_caches = _next(
             self.world_model.dynamics, self.world_model.tokenizer, self._caches,
             self._decoder_caches, jnp.asarray(actions), jnp.full((self.batch,), has_action),
