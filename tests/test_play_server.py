@@ -170,7 +170,8 @@ def test_record_saves_gif_and_mp4(served):
         _frame(ws, lambda h: (h["recording"] or 0) >= 5)
         ws.send(json.dumps({"type": "record", "value": False}))
         files = _next(ws, lambda kind, m: kind == "recorded")["files"]
-    assert {name.rsplit(".", 1)[1] for name in files} >= {"gif"}
+    assert sorted(name.rsplit(".", 1)[1] for name in files) == ["gif", "mp4"]
+    assert _request(server, "GET", f"/recordings/{files[1]}")[0] == 200
     gif = next(name for name in files if name.endswith(".gif"))
     status, body = _request(server, "GET", f"/recordings/{gif}")
     video = iio.imread(body, extension=".gif", index=None)
