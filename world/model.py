@@ -162,6 +162,6 @@ class WorldModel(eqx.Module):
         """From a run's workdir or a folder written by `save`. `strict=False` (with
         `dynamics_overrides` such as agent_tokens=8) initialises parameters the saved weights
         lack and ignores saved ones the model no longer has."""
-        return cls(load_tokenizer(model_folder(path, "tokenizer"), strict=strict),
-                   load_dynamics(model_folder(path, "dynamics"), strict=strict,
-                                 **dynamics_overrides))
+        tokenizer, dynamics = model_folder(path, "tokenizer"), model_folder(path, "dynamics")
+        return cls(load_tokenizer(tokenizer, strict=strict),
+                   load_dynamics(dynamics, strict=strict, **dynamics_overrides))
