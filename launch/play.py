@@ -71,6 +71,7 @@ def main(argv):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((_HOST.value, _PORT.value))
+        sock.listen(128)  # connections made before uvicorn runs wait in the backlog
     except OSError as error:
         raise SystemExit(f"play: cannot listen on {_HOST.value}:{_PORT.value} ({error}); pick "
                          "another with --port (0: any free port)") from None

@@ -6,14 +6,12 @@ and saves a screenshot (to $TEST_ARTIFACTS, default <repo>/test-artifacts). Skip
 Chromium is absent and $CI is unset; in CI a missing browser fails the test."""
 
 import os
-import queue
 import shutil
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
+
+from launch.play_bench import start_player
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS = 8.0
@@ -35,29 +33,6 @@ def _browser_or_skip():
             pytest.fail(f"CI must run the browser test: {message}")
         pytest.skip(message)
     return chromium, driver
-
-
-def _start_player(workdir):
-    """`python -m launch.play` on a free port; returns (process, URL it printed)."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "launch.play", f"--workdir={workdir}", "--port=0",
-         f"--fps={FPS}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout],
-                     daemon=True).start()
-    printed, deadline = [], time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            if process.poll() is not None:
-                break
-            continue
-        printed.append(line)
-        if line.startswith("[play] open "):
-            return process, line.split()[2]
-    process.kill()
-    raise AssertionError("the player printed no URL:\n" + "".join(printed))
 
 
 def _wait(driver, script, timeout=60.0):
@@ -91,7 +66,7 @@ def test_page_plays_in_headless_chromium(tiny_trained_workdir, tmp_path):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    process, url = _start_player(tiny_trained_workdir)
+    process, url = start_player(tiny_trained_workdir, f"--fps={FPS}")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
