@@ -19,6 +19,9 @@ def tiny_trained_workdir(tmp_path_factory) -> str:
 
     config = calvin.get_config("tiny")
     config.stages = "data,tokenizer,latents,dynamics"
+    for stage in (config.train.tokenizer, config.train.dynamics):  # one compiled step each,
+        stage.update(dict(steps=4, checkpoint_every=100))              # one checkpoint each
+    config.train.dynamics.update(dict(seq_lengths=(8,), length_weights=()))
     workdir = str(tmp_path_factory.mktemp("tiny_trained"))
     run(config, workdir)
     return workdir
