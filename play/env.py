@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from gymnasium.vector.utils import batch_space
+from jaxtyping import Bool, Shaped, UInt8
 
 from core import to_uint8
 from dynamics import ActionSpec, align_actions
@@ -46,9 +47,9 @@ class Contexts:
     """Clips to start from: frames uint8 [clips, time, H, W, 3], actions [clips, time, ...]
     (dataset convention) and has_action bool [clips, time]."""
 
-    frames: np.ndarray
-    actions: np.ndarray
-    has_action: np.ndarray
+    frames: UInt8[np.ndarray, "clips time height width 3"]
+    actions: Shaped[np.ndarray, "clips time *action"]
+    has_action: Bool[np.ndarray, "clips time"]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -131,8 +132,13 @@ class ImaginedWorlds:
         self._caches = self.world_model.dynamics.init_caches(self.batch, self.capacity)
         self._decoder_caches = self.world_model.tokenizer.init_caches(self.batch, self.capacity)
 
-    def start(self, key, frames: np.ndarray | None = None, actions: np.ndarray | None = None,
-              has_action: np.ndarray | None = None) -> np.ndarray:
+    def start(
+        self,
+        key,
+        frames: UInt8[np.ndarray, "batch context height width 3"] | None = None,
+        actions: Shaped[np.ndarray, "batch context *action"] | None = None,
+        has_action: Bool[np.ndarray, "batch context"] | None = None,
+    ) -> UInt8[np.ndarray, "batch height width 3"]:
         """A new session with sampling key `key`: from context `frames` uint8 [batch, C, H, W, 3]
         with their `actions` and `has_action` (dataset convention), or from nothing. Returns the
         first observations uint8 [batch, H, W, 3]."""
@@ -157,7 +163,8 @@ class ImaginedWorlds:
         self.frames, self.latents = count, latents[:, -1]
         return np.asarray(to_uint8(image))
 
-    def step(self, actions, *, has_action: bool = True) -> np.ndarray:
+    def step(self, actions, *,
+             has_action: bool = True) -> UInt8[np.ndarray, "batch height width 3"]:
         """One more frame for every world, given `batch` actions (checked with `check_actions`);
         returns uint8 [batch, H, W, 3]."""
         actions = check_actions(self.spec, actions, self.batch)

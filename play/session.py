@@ -90,6 +90,8 @@ class Session:
                 if not 1 <= message["value"] <= k_max:
                     return [{"type": "error", "message": f"K must be in 1..{k_max}"}]
                 self._pending_steps = message["value"]
+                return [{"type": "status", "message": f"K = {message['value']} from the next "
+                         "frame (the first frame at a new K compiles it)"}]
             elif kind == "magnitude":
                 self.magnitude = float(message["value"])
             elif kind == "pause":

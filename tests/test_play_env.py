@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 from core import to_uint8
 from dynamics import ActionSpec
@@ -134,3 +135,8 @@ def test_actions_are_checked():
         env.step(15)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(3)
+
+
+def test_gymnasium_env_checker_accepts_the_env(world, contexts):
+    env = WorldModelEnv(world, contexts=contexts, **SETTINGS)
+    check_env(env, skip_render_check=True)
