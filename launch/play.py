@@ -20,11 +20,16 @@ import sys
 if not __package__:  # run as a file: import this checkout's packages
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import uvicorn
 from absl import app, flags, logging
 
-from play.server import LOOPBACK, Player, make_app, server_config
-from play.workdir import PlayError, load_contexts, load_world_model, read_defaults
+try:
+    import uvicorn
+
+    from play.server import LOOPBACK, Player, make_app, server_config
+    from play.workdir import PlayError, load_contexts, load_world_model, read_defaults
+except ModuleNotFoundError as missing:  # the play extra is not installed
+    raise SystemExit(f"play: {missing}; install the player's dependencies with "
+                     "pip install -e \".[play]\"") from None
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run's workdir (or a saved world model folder)")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "interface to bind; a non-local one needs a token")
