@@ -6,7 +6,7 @@ imageio cloudpickle` (see BUILD.md); the data stage says so if it is missing.
     python launch/run.py --config=configs/coinrun.py          # full on a GPU, small on a CPU
     python launch/run.py --config=configs/coinrun.py:small
 
-full: the sizes known to train on CoinRun (shared/docs/lessons.md): patch 16, 16 latents x 32;
+full: the sizes known to train on CoinRun: patch 16, 16 latents x 32;
 tokenizer encoder and decoder 512 wide, 4 blocks, 8 heads, time every 4; dynamics 768 wide, 12
 blocks, 12 heads, time every 4, 4 registers, K_max 128; sequences of 64; 10k episodes of up to
 1000 steps. The reference used Muon; this config uses AdamW 3e-4 (Muon, not measured here:
