@@ -14,8 +14,7 @@ CALVIN. Peak training memory, estimated from shapes: 3.6 GiB
 measured on a GPU, BENCHMARKS.md).
 small: 48x48 frames, a few minutes per stage on 2 CPU cores; the simulator records 96 training
 episodes at 10 Hz (`sim_frame_skip=3`), so the 16-step evaluation horizon spans 1.6 s of arm
-motion; dynamics 1000 steps at learning rate 2e-3 (at 1e-3 the margins over copy-last were
-smaller: BENCHMARKS.md).
+motion; dynamics 1000 steps at learning rate 2e-3 (its margins over copy-last: BENCHMARKS.md).
 tiny: seconds per stage, for tests.
 """
 
