@@ -37,7 +37,7 @@ import numpy as np
 
 from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_spec
 from data.images import resize_frames
-from data.jobs import Progress, run_jobs
+from data.jobs import Progress, check_own_folder, run_jobs
 
 FORMAT = "dreamer4-clips"
 VERSION = 1
@@ -235,8 +235,9 @@ def prepare_clips(
     """Cuts the episodes of each split into clip shards under `out_dir`; returns the index.
 
     Resumable: finished shards of an earlier run with the same plan are kept. Raises DataError
-    for bad input (or, with `skip_bad`, leaves it out and warns with the count) and when
-    `out_dir` holds clips made with a different plan.
+    for bad input (or, with `skip_bad`, leaves it out and warns with the count), when `out_dir`
+    holds clips made with a different plan, and when it is a non-empty folder without an index
+    (not made by clip preparation).
     """
     episodes = [e for split in splits.values() for e in split]
     if not episodes:
@@ -250,6 +251,8 @@ def prepare_clips(
         )
     plan = _plan_json(splits, tasks, settings, frame_size, action_spec)
     index_path = os.path.join(out_dir, INDEX_FILE)
+    check_own_folder(out_dir, INDEX_FILE, "clip preparation",
+                     "choose a new or empty output folder for the clips")
     if os.path.exists(index_path):
         with open(index_path) as f:
             if json.load(f)["plan"] != plan:

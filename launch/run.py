@@ -28,6 +28,7 @@ from launch.stages import (
     latents_stage,
     tokenizer_stage,
 )
+from launch.workdir import WorkdirError, check_workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
                                           lock_config=True)
@@ -45,6 +46,7 @@ def run(config, workdir: str) -> None:
     except ValueError as error:
         raise SystemExit(f"config error: {error}") from None
     work = Workdir(workdir)
+    check_workdir(workdir)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
@@ -80,6 +82,8 @@ def main(argv):
         run(config, _WORKDIR.value or os.path.join("runs", f"{config.name}-{config.variant}"))
     except settings.ConfigError as error:  # found by a stage (e.g. actions outside their classes)
         raise SystemExit(f"config error: {error}") from None
+    except WorkdirError as error:
+        raise SystemExit(f"workdir error: {error}") from None
     except DataError as error:
         raise SystemExit(f"data error: {error} (on the command line: "
                          "--config.data.skip_bad=True)") from None

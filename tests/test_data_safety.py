@@ -1,0 +1,62 @@
+"""What the data pipeline does with folders it did not make, odd or broken files, and peers."""
+
+import os
+
+import pytest
+
+from data.clips import ClipSettings, prepare_clips
+from data.episode import DataError
+from data.episodes import npz_episodes, pending_episodes
+from data.prepare import generate_source
+from data.sim_demos import SimSettings
+from tests.test_data_sources import write_calvin, write_episode
+
+
+def listing(root) -> dict[str, bytes]:
+    """Every file under `root` with its bytes."""
+    return {os.path.relpath(os.path.join(folder, name), root):
+            open(os.path.join(folder, name), "rb").read()
+            for folder, _, names in os.walk(root) for name in names}
+
+
+def test_generators_write_only_into_folders_they_made(tmp_path):
+    """A real CALVIN split (or a folder of .npz episodes) given as a generator's path is refused
+    with what is there and the format to read it as; nothing in it changes."""
+    calvin = tmp_path / "task_D_D"
+    write_calvin(calvin, "training", [(0, 3)], size=(8, 8))
+    before = listing(calvin)
+    with pytest.raises(DataError, match=r"task_D_D is not empty \(it holds training/\) and the "
+                                        r"simulator generator did not make it .*'calvin' data.*"
+                                        r"--config\.data\.format=calvin"):
+        generate_source("sim", str(calvin), sim=SimSettings(1, 0, 4, 32))
+    assert listing(calvin) == before
+
+    episodes = tmp_path / "mine"
+    episodes.mkdir()
+    write_episode(episodes, "ep1", 3)
+    before = listing(episodes)
+    for settings_file in ("coinrun.json", "craftax.json"):  # how both claim their folders
+        with pytest.raises(DataError, match=r"holds ep1\.npz.*--config\.data\.format=episodes"):
+            pending_episodes(str(episodes), settings_file, {"seed": 0}, 4)
+    assert listing(episodes) == before
+
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "new"):
+        assert pending_episodes(str(folder), "coinrun.json", {"seed": 0}, 2) == [0, 1]
+        (folder / "episode_000000.npz").write_bytes(b"")
+        assert pending_episodes(str(folder), "coinrun.json", {"seed": 0}, 2) == [1]  # resumes
+
+
+def test_clips_are_written_only_into_folders_clip_preparation_made(tmp_path):
+    write_episode(tmp_path, "ep1", 6)
+    splits = {"train": npz_episodes(str(tmp_path))}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"out is not empty \(it holds notes\.txt\) and clip "
+                                        r"preparation did not make it \(no index\.json\)"):
+        prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)
+    assert os.listdir(out) == ["notes.txt"]
+    os.remove(out / "notes.txt")
+    prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)
+    prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)  # its own: resumes
