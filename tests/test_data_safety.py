@@ -5,7 +5,7 @@ import os
 import pytest
 
 from data.clips import ClipSettings, prepare_clips
-from data.episode import DataError
+from data.episode import DataError, SkippedDataWarning
 from data.episodes import npz_episodes, pending_episodes
 from data.prepare import generate_source
 from data.sim_demos import SimSettings
@@ -60,3 +60,18 @@ def test_clips_are_written_only_into_folders_clip_preparation_made(tmp_path):
     os.remove(out / "notes.txt")
     prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)
     prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)  # its own: resumes
+
+
+def test_the_odd_frame_size_is_the_one_fewer_files_have(tmp_path):
+    """Six 16x16 episodes and one 20x20 `bad.npz` (first in name order): bad.npz is the odd one,
+    with and without skip_bad."""
+    for e in range(6):
+        write_episode(tmp_path, f"ep{e}", 4, size=(16, 16))
+    write_episode(tmp_path, "bad9", 4, size=(20, 20))
+    os.rename(tmp_path / "bad9.npz", tmp_path / "bad.npz")
+    with pytest.raises(DataError, match=r"bad\.npz: frames are 20x20 but 16x16 in 6 of the 7 "
+                                        r"files \(e\.g\. .*ep0\.npz\)"):
+        npz_episodes(str(tmp_path))
+    with pytest.warns(SkippedDataWarning, match=r"skipped 1 of 7 episode files.*bad\.npz"):
+        kept = npz_episodes(str(tmp_path), skip_bad=True)
+    assert [e.name for e in kept] == [f"ep{e}" for e in range(6)]
