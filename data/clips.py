@@ -22,7 +22,10 @@ them. Shards pack consecutive clips of consecutive episodes, at most `clips_per_
 
 Preparation runs shards in parallel processes; each shard is written to a temporary folder and
 renamed into place, so a crash never leaves a partial shard, and re-running with the same plan
-skips finished shards (a different plan raises instead of mixing two datasets).
+skips finished shards (a different plan raises instead of mixing two datasets). It writes only
+into a folder it made or an empty one, and holds the folder's lock (`<out>/.lock`) while it
+writes, so a second preparation of the same folder stops at once instead of deleting the first
+one's temporary shards.
 """
 
 import dataclasses
@@ -37,7 +40,7 @@ import numpy as np
 
 from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_spec
 from data.images import resize_frames
-from data.jobs import Progress, check_own_folder, run_jobs
+from data.jobs import FolderLock, Progress, check_own_folder, run_jobs
 
 FORMAT = "dreamer4-clips"
 VERSION = 1
@@ -250,9 +253,17 @@ def prepare_clips(
             f"no episode is at least {settings.length} frames long; lower the clip length"
         )
     plan = _plan_json(splits, tasks, settings, frame_size, action_spec)
-    index_path = os.path.join(out_dir, INDEX_FILE)
     check_own_folder(out_dir, INDEX_FILE, "clip preparation",
                      "choose a new or empty output folder for the clips")
+    with FolderLock(out_dir):
+        return _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec,
+                            num_workers=num_workers, skip_bad=skip_bad, progress=progress)
+
+
+def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec, *,
+                 num_workers, skip_bad, progress) -> dict:
+    """prepare_clips once it holds the folder's lock: index, missing shards, finished index."""
+    index_path = os.path.join(out_dir, INDEX_FILE)
     if os.path.exists(index_path):
         with open(index_path) as f:
             if json.load(f)["plan"] != plan:
@@ -261,7 +272,6 @@ def prepare_clips(
                     "output folder, or delete this one to prepare it again"
                 )
     else:
-        os.makedirs(out_dir, exist_ok=True)
         write_json(
             index_path, {"format": FORMAT, "version": VERSION, "plan": plan, "complete": False}
         )
@@ -269,7 +279,7 @@ def prepare_clips(
         split_dir = os.path.join(out_dir, split)
         os.makedirs(split_dir, exist_ok=True)
         for entry in os.listdir(split_dir):
-            if ".tmp-" in entry:  # left by a crashed run
+            if ".tmp-" in entry:  # left by a crashed run (a live one would hold the lock)
                 shutil.rmtree(os.path.join(split_dir, entry))
     pending = [t for t in tasks if not os.path.isdir(os.path.join(out_dir, t.split, t.name))]
     bar = Progress("clips", sum(t.clips for t in tasks), "clips")

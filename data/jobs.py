@@ -1,9 +1,16 @@
 """Long data jobs: run over spawned worker processes, with progress lines (done/total, rate and
-time left, at most every few seconds), writing into output folders that a repeated run resumes."""
+time left, at most every few seconds), writing into output folders that a repeated run resumes.
 
+Output folders: a job writes only into a folder it made (recognised by the file it writes there
+first) or an empty one, and holds an exclusive lock on it while it writes (`FolderLock`), so a
+second job on the same folder stops at once, naming the process that holds it.
+"""
+
+import fcntl
 import json
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +63,40 @@ def run_jobs(
 
 
 LOCK_FILE = ".lock"  # the lock file a writer may keep in its folder (see FolderLock)
+
+
+class FolderLock:
+    """An exclusive lock (`fcntl.flock`) on `<folder>/.lock`, held until `release()` (or the
+    process ends, however it ends). The lock file names its holder: pid, host, start time and
+    command. Raises DataError naming the holder when another process has the lock."""
+
+    def __init__(self, folder: str, advice: str = "wait for it to finish, or use another folder"):
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, LOCK_FILE)
+        self.file = open(self.path, "a+")  # noqa: SIM115 (held open while locked)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "a process that has not written its name yet"
+            self.file.close()
+            raise DataError(f"{folder} is in use by another process ({holder}; lock file "
+                            f"{self.path}); {advice}") from None
+        self.file.truncate(0)
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+                        f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _looks_like(root: str, entries: list[str]) -> str | None:

@@ -5,8 +5,10 @@
     python launch/run.py --config=configs/calvin.py --config.train.dynamics.steps=5000
 
 Re-running the same command after a crash or a kill resumes from the last complete checkpoint
-of the stage in progress (finished stages are skipped quickly). `--multihost` calls
-jax.distributed.initialize() first; run the same command on every host.
+of the stage in progress (finished stages are skipped quickly). A run holds the workdir's lock
+(`launch/workdir.py`): a second run on the same workdir stops at once. `--multihost` calls
+jax.distributed.initialize() first; run the same command on every host (they share the workdir;
+process 0 prepares the data).
 """
 
 import json
@@ -15,6 +17,7 @@ import time
 
 import jax
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from data.episode import DataError
@@ -28,7 +31,7 @@ from launch.stages import (
     latents_stage,
     tokenizer_stage,
 )
-from launch.workdir import WorkdirError, check_workdir
+from launch.workdir import WorkdirError, locked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
                                           lock_config=True)
@@ -45,13 +48,24 @@ def run(config, workdir: str) -> None:
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     except ValueError as error:
         raise SystemExit(f"config error: {error}") from None
-    work = Workdir(workdir)
-    check_workdir(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    with locked(workdir):
+        _run_stages(config, Workdir(workdir), mesh, started)
+
+
+def _data_stage(config, work: Workdir) -> None:
+    """The data stage on process 0 (the hosts of a multi-host job share the workdir)."""
+    if jax.process_index() == 0:
+        data_stage(config, work)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("data stage")
+
+
+def _run_stages(config, work: Workdir, mesh, started: float) -> None:
+    workdir = work.root
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
     stage_fns = {
-        "data": lambda: data_stage(config, work),
+        "data": lambda: _data_stage(config, work),
         "tokenizer": lambda: tokenizer_stage(config, work, mesh),
         "latents": lambda: latents_stage(config, work, mesh),
         "dynamics": lambda: dynamics_stage(config, work, mesh),

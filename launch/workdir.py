@@ -2,11 +2,16 @@
 
 - Ownership: the main job writes only into a new or empty folder, or one that holds its
   `config.json` (an earlier run's workdir); anything else stops the run before it writes.
+- Lock: a run holds an exclusive lock on `<workdir>/.lock` from before its first write to its
+  end; a second run on the same workdir stops at once, naming the process that holds it.
 """
 
+import contextlib
+
+import jax
 
 from data.episode import DataError
-from data.jobs import check_own_folder
+from data.jobs import FolderLock, check_own_folder
 
 CONFIG_FILE = "config.json"
 
@@ -22,3 +27,22 @@ def check_workdir(root: str) -> None:
                          "choose a new or empty --workdir (or an earlier run's workdir)")
     except DataError as error:
         raise WorkdirError(str(error)) from None
+
+
+@contextlib.contextmanager
+def locked(root: str):
+    """Holds the workdir's exclusive lock (`<workdir>/.lock`) for the body; a second run on the
+    same workdir raises WorkdirError naming the process that holds it. The processes of one
+    multi-host job share the workdir: only process 0 takes the lock."""
+    check_workdir(root)
+    if jax.process_index() != 0:
+        yield
+        return
+    try:
+        lock = FolderLock(root, "wait for it to finish, or use another --workdir")
+    except DataError as error:
+        raise WorkdirError(str(error)) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,6 +1,11 @@
 """What the data pipeline does with folders it did not make, odd or broken files, and peers."""
 
+import contextlib
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -10,6 +15,33 @@ from data.episodes import npz_episodes, pending_episodes
 from data.prepare import generate_source
 from data.sim_demos import SimSettings
 from tests.test_data_sources import write_calvin, write_episode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOLD_LOCK = textwrap.dedent("""
+    import os, sys
+    from data.jobs import FolderLock
+    lock = FolderLock(sys.argv[1])
+    for folder in sys.argv[2:]:
+        os.makedirs(folder)
+    print("locked", flush=True)
+    sys.stdin.readline()
+""")
+
+
+@contextlib.contextmanager
+def locked_by_another_process(folder, *make_folders):
+    """A child process holds the lock of `folder` (and makes `make_folders`) for the body;
+    yields its pid."""
+    command = [sys.executable, "-c", HOLD_LOCK, str(folder), *map(str, make_folders)]
+    child = subprocess.Popen(command, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        yield child.pid
+    finally:
+        child.stdin.write("\n")
+        child.stdin.close()
+        child.wait(timeout=60)
 
 
 def listing(root) -> dict[str, bytes]:
@@ -75,3 +107,21 @@ def test_the_odd_frame_size_is_the_one_fewer_files_have(tmp_path):
     with pytest.warns(SkippedDataWarning, match=r"skipped 1 of 7 episode files.*bad\.npz"):
         kept = npz_episodes(str(tmp_path), skip_bad=True)
     assert [e.name for e in kept] == [f"ep{e}" for e in range(6)]
+
+
+def test_a_second_preparation_of_a_folder_in_use_stops_and_deletes_nothing(tmp_path):
+    """While another process holds the clip folder's lock (and writes a temporary shard), a
+    second preparation stops naming that process, and the temporary shard stays."""
+    write_episode(tmp_path, "ep1", 9)
+    splits = {"train": npz_episodes(str(tmp_path))}
+    out = tmp_path / "out"
+    prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)
+    shutil.rmtree(out / "train" / "shard_000000")  # as if the peer had yet to write it
+    temp = out / "train" / "shard_000000.tmp-99999"
+    with locked_by_another_process(out, temp) as pid:
+        with pytest.raises(DataError, match=rf"out is in use by another process \(pid {pid} on "):
+            prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)
+        assert temp.is_dir()
+    shutil.rmtree(temp)
+    prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)  # free again
+    assert (out / "train" / "shard_000000").is_dir()
