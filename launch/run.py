@@ -14,6 +14,7 @@ process 0 prepares the data).
 import json
 import os
 import time
+from collections.abc import Sequence
 
 import jax
 from absl import app, flags, logging
@@ -22,6 +23,7 @@ from ml_collections import config_flags
 
 from data.episode import DataError
 from launch import settings
+from launch.checkpoints import CheckpointMismatchError
 from launch.distributed import make_mesh
 from launch.evaluate import eval_stage
 from launch.stages import (
@@ -31,15 +33,19 @@ from launch.stages import (
     latents_stage,
     tokenizer_stage,
 )
-from launch.workdir import WorkdirError, locked
+from launch.workdir import WorkdirError, apply_config, locked
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the run lives (default runs/<name>)")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "call jax.distributed.initialize() first")
+_RESTART = flags.DEFINE_list("restart", [], "stages to start over, deleting what they and every "
+                             "later stage wrote (e.g. dynamics after changing its size)")
 
 
-def run(config, workdir: str) -> None:
+def run(config, workdir: str, restart: Sequence[str] = ()) -> None:
+    """Runs the configured stages in `workdir`; `restart` names stages to start over (see
+    launch/workdir.py: needed when a changed config field invalidates what a stage wrote)."""
     started = time.perf_counter()
     print(f"[run] {config.name}:{config.variant} ({config.variant_reason}); workdir {workdir}; "
           f"{jax.device_count()} {jax.default_backend()} device(s)", flush=True)
@@ -49,6 +55,9 @@ def run(config, workdir: str) -> None:
     except ValueError as error:
         raise SystemExit(f"config error: {error}") from None
     with locked(workdir):
+        apply_config(workdir, config, restart)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("workdir config")
         _run_stages(config, Workdir(workdir), mesh, started)
 
 
@@ -61,9 +70,6 @@ def _data_stage(config, work: Workdir) -> None:
 
 
 def _run_stages(config, work: Workdir, mesh, started: float) -> None:
-    workdir = work.root
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=1))
     stage_fns = {
         "data": lambda: _data_stage(config, work),
         "tokenizer": lambda: tokenizer_stage(config, work, mesh),
@@ -79,7 +85,7 @@ def _run_stages(config, work: Workdir, mesh, started: float) -> None:
         timings[stage] = round(time.perf_counter() - start, 1)
         print(f"[run] stage {stage} done in {timings[stage]:.0f}s", flush=True)
     timings["total"] = round(time.perf_counter() - started, 1)
-    with open(os.path.join(workdir, "timings.json"), "w") as f:
+    with open(os.path.join(work.root, "timings.json"), "w") as f:
         json.dump(timings, f, indent=1)
     print(f"[run] finished in {timings['total']:.0f}s: {timings}", flush=True)
 
@@ -93,8 +99,9 @@ def main(argv):
     if config is None:
         raise SystemExit("--config is required, e.g. --config=configs/calvin.py")
     try:
-        run(config, _WORKDIR.value or os.path.join("runs", f"{config.name}-{config.variant}"))
-    except settings.ConfigError as error:  # found by a stage (e.g. actions outside their classes)
+        run(config, _WORKDIR.value or os.path.join("runs", f"{config.name}-{config.variant}"),
+            restart=_RESTART.value)
+    except (settings.ConfigError, CheckpointMismatchError) as error:  # found by a stage
         raise SystemExit(f"config error: {error}") from None
     except WorkdirError as error:
         raise SystemExit(f"workdir error: {error}") from None

@@ -1,11 +1,20 @@
 """The main job on an existing workdir: ownership, the lock, changed configs, stale outputs."""
 
 
+import json
+import os
+import shutil
+
 import pytest
 
 from configs import calvin
+from launch.checkpoints import CheckpointMismatchError
+from launch.distributed import make_mesh
 from launch.run import run
-from launch.workdir import WorkdirError, locked
+from launch.settings import ConfigError
+from launch.stages import Workdir, new_dynamics_state
+from launch.trainer import restore_state
+from launch.workdir import WorkdirError, apply_config, locked
 from tests.test_data_safety import listing, locked_by_another_process
 
 
@@ -24,6 +33,69 @@ def test_a_second_run_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
         with pytest.raises(WorkdirError, match=rf"run is in use by another process \(pid {pid} "
                                                r"on .*use another --workdir"):
             run(calvin.get_config("tiny"), str(workdir))
-        assert listing(workdir).keys() == {".lock"}  # nothing written
+        assert os.listdir(workdir) == [".lock"]  # nothing written
     with locked(str(workdir)):  # free once the other process is done
         pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workdir with every stage but eval done on the tiny CALVIN config."""
+    root = tmp_path_factory.mktemp("trained") / "run"
+    config = calvin.get_config("tiny")
+    config.stages = "data,tokenizer,latents,dynamics"
+    run(config, str(root))
+    return root
+
+
+def copy_of(trained, tmp_path):
+    shutil.copytree(trained, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def test_a_changed_model_config_stops_before_anything_is_written(trained, tmp_path):
+    """Width 64 after training at 32, or seed 1 after seed 0: one error naming the fields and
+    the choices, and config.json untouched; --restart=dynamics starts dynamics over at 64."""
+    workdir = copy_of(trained, tmp_path)
+    before = listing(workdir)
+    config = calvin.get_config("tiny")
+    config.stages = "dynamics"
+    config.dynamics.width = 64
+    with pytest.raises(ConfigError, match=r"config\.dynamics\.width 32 -> 64; see .*config\.json\)"
+                                          r".*the dynamics stage\(s\) wrote there: use a new "
+                                          r"--workdir, or pass --restart=dynamics"):
+        run(config, str(workdir))
+    seed = calvin.get_config("tiny")
+    seed.seed = 1
+    with pytest.raises(ConfigError, match=r"config\.seed 0 -> 1.*the data, tokenizer, latents, "
+                                          r"dynamics stage\(s\).*--restart=data"):
+        run(seed, str(workdir))
+    with pytest.raises(ConfigError, match=r"--restart=dynamics"):  # a later stage is not enough
+        run(config, str(workdir), restart=("eval",))
+    assert listing(workdir) == before
+
+    config.train.dynamics.steps = 3
+    run(config, str(workdir), restart=("dynamics",))
+    assert json.loads((workdir / "config.json").read_text())["dynamics"]["width"] == 64
+    for kept in ("clips", "tokenizer", "latents"):  # earlier stages are left as they were
+        assert {k: v for k, v in listing(workdir).items() if k.startswith(kept)} == {
+            k: v for k, v in before.items() if k.startswith(kept)}
+    assert sorted(os.listdir(workdir / "dynamics")) == ["3"]  # trained anew, at width 64
+    restore = lambda config: restore_state(str(workdir / "dynamics"), new_dynamics_state(
+        config, Workdir(str(workdir))), make_mesh())
+    assert int(restore(config).step) == 3
+    with pytest.raises(CheckpointMismatchError, match=r"is stored as \(.*64"):
+        restore(calvin.get_config("tiny"))
+
+
+def test_changes_that_invalidate_nothing_are_kept(trained, tmp_path, capsys):
+    workdir = copy_of(trained, tmp_path)
+    before = listing(workdir)
+    config = calvin.get_config("tiny")
+    config.train.tokenizer.steps, config.eval.horizon = 9, 3
+    apply_config(str(workdir), config)
+    assert "eval.horizon 4 -> 3, train.tokenizer.steps 6 -> 9" in capsys.readouterr().out
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["train"]["tokenizer"]["steps"] == 9
+    assert {k: v for k, v in listing(workdir).items() if k != "config.json"} == {
+        k: v for k, v in before.items() if k != "config.json"}
