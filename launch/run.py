@@ -6,7 +6,8 @@
 
 Re-running the same command after a crash or a kill resumes from the last complete checkpoint
 of the stage in progress (finished stages are skipped quickly). A run holds the workdir's lock
-(`launch/workdir.py`): a second run on the same workdir stops at once. `--multihost` calls
+and compares the config with the workdir's (`launch/workdir.py`); each stage checks that its
+inputs are what its outputs were made from (`launch/provenance.py`). `--multihost` calls
 jax.distributed.initialize() first; run the same command on every host (they share the workdir;
 process 0 prepares the data).
 """
@@ -22,7 +23,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from data.episode import DataError
-from launch import settings
+from launch import provenance, settings
 from launch.checkpoints import CheckpointMismatchError
 from launch.distributed import make_mesh
 from launch.evaluate import eval_stage
@@ -58,6 +59,7 @@ def run(config, workdir: str, restart: Sequence[str] = ()) -> None:
         apply_config(workdir, config, restart)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("workdir config")
+        provenance.adopt(Workdir(workdir))
         _run_stages(config, Workdir(workdir), mesh, started)
 
 
@@ -77,11 +79,17 @@ def _run_stages(config, work: Workdir, mesh, started: float) -> None:
         "dynamics": lambda: dynamics_stage(config, work, mesh),
         "eval": lambda: eval_stage(config, work, mesh),
     }
+    before = {"tokenizer": provenance.tokenizer_inputs, "dynamics": provenance.dynamics_inputs,
+              "eval": provenance.check_eval_inputs}  # the latents stage checks its own
     timings = {}
     for stage in settings.stages(config):
         start = time.perf_counter()
         print(f"[run] stage {stage}", flush=True)
+        if stage in before:
+            before[stage](work)
         stage_fns[stage]()
+        if stage == "eval":
+            provenance.record_eval(work)
         timings[stage] = round(time.perf_counter() - start, 1)
         print(f"[run] stage {stage} done in {timings[stage]:.0f}s", flush=True)
     timings["total"] = round(time.perf_counter() - started, 1)

@@ -6,6 +6,7 @@ latents    clips + frozen encoder -> <workdir>/latents (same shard layout, laten
 dynamics   latents -> <workdir>/dynamics (checkpoints of the world model)
 eval       see launch/evaluate.py
 Every stage is resumable: finished work is found and skipped, checkpoints resume training.
+Each stage's folder records what it was made from (launch/provenance.py).
 """
 
 import dataclasses
@@ -24,7 +25,7 @@ from data.loader import make_loader
 from data.prepare import episode_splits, generate_source
 from data.sim_demos import SimSettings
 from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
-from launch import settings
+from launch import provenance, settings
 from launch.trainer import make_optimizer, restore_state, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
 from tokenizer import make_train_step as make_tokenizer_step
@@ -104,6 +105,7 @@ def trained_tokenizer(config, work: Workdir, mesh) -> Tokenizer:
 def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
     """Encodes every clip of every split once with the frozen encoder (resumable per shard)."""
     encoder = trained_tokenizer(config, work, mesh)
+    provenance.latents_inputs(work)  # after the restore, which may set an unreadable one aside
     encode = eqx.filter_jit(lambda model, frames: model.encode(frames))
     encode_clips(work.clips, work.latents, lambda frames: encode(encoder, frames), batch=batch)
 
