@@ -12,6 +12,7 @@ jax.distributed.initialize() first; run the same command on every host (they sha
 process 0 prepares the data).
 """
 
+import importlib.util
 import json
 import os
 import time
@@ -53,8 +54,9 @@ def run(config, workdir: str, restart: Sequence[str] = ()) -> None:
     try:
         settings.validate(config, jax.device_count())
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    except ValueError as error:
-        raise SystemExit(f"config error: {error}") from None
+    except ValueError as error:  # settings.ConfigError lists every problem, one per line
+        raise SystemExit("\n".join(f"config error: {line}" for line in str(error).splitlines())
+                         ) from None
     with locked(workdir):
         apply_config(workdir, config, restart)
         if jax.process_count() > 1:
@@ -98,6 +100,37 @@ def _run_stages(config, work: Workdir, mesh, started: float) -> None:
     print(f"[run] finished in {timings['total']:.0f}s: {timings}", flush=True)
 
 
+def unknown_override(argv: Sequence[str]) -> str | None:
+    """The first `--config.<field>=...` argument that names no field of the `--config` file's
+    config, as one line with the nearest valid names; None if every field exists."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, variant = spec.partition(":")
+    loader = importlib.util.spec_from_file_location("config_file", path)
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+    for arg in argv:
+        if arg.startswith("--config."):
+            field = arg[len("--config."):].split("=", 1)[0]
+            message = settings.unknown_field(config, field)
+            if message:
+                return f"{arg}: {message}"
+    return None
+
+
+def parse_flags(argv: Sequence[str]):
+    """absl's flag parsing, except that an override of a field the config lacks (which
+    ml_collections reports as a long AttributeError or KeyError traceback) ends the command with
+    one line naming it and the nearest valid names."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as error:
+        message = unknown_override(argv) or f"{type(error).__name__}: {error}"
+        raise SystemExit(f"config error: {message}") from None
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-checkpoint INFO lines out
@@ -119,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
