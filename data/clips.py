@@ -18,7 +18,8 @@ Clip starts in an episode of T frames, for clip length L and stride S: 0, S, 2S,
 start + L <= T, plus a last clip starting at T - L when that start is not already there. So with
 S <= L every frame is in at least one clip (the last clip may overlap its neighbour more), and with
 S > L the frames between clips are dropped. Episodes shorter than L give no clip; the index counts
-them. Shards pack consecutive clips of consecutive episodes, at most `clips_per_shard` each.
+them and preparation says so. Shards pack consecutive clips of consecutive episodes, at most
+`clips_per_shard` each.
 
 Preparation runs shards in parallel processes; each shard is written to a temporary folder and
 renamed into place, so a crash never leaves a partial shard, and re-running with the same plan
@@ -33,12 +34,19 @@ import functools
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_spec
+from data.episode import (
+    DataError,
+    EpisodeRef,
+    SkippableDataError,
+    SkippedDataWarning,
+    dataset_action_spec,
+)
 from data.images import resize_frames
 from data.jobs import FolderLock, Progress, check_own_folder, run_jobs
 
@@ -140,8 +148,9 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
     """Frames (resized) and actions of ref[start:stop], read in bounded chunks."""
     frames = np.empty((stop - start, *frame_size, 3), np.uint8)
     actions = np.zeros((stop - start, *action_spec.shape), action_spec.dtype)
-    for lo in range(start, stop, READ_CHUNK):
-        hi = min(lo + READ_CHUNK, stop)
+    chunk_frames = getattr(ref, "read_chunk", READ_CHUNK) or stop - start
+    for lo in range(start, stop, chunk_frames):
+        hi = min(lo + chunk_frames, stop)
         chunk = ref.read(lo, hi)
         frames[lo - start : hi - start] = resize_frames(chunk.frames, frame_size)
         if chunk.actions is not None:
@@ -149,7 +158,8 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
     if ref.action_spec is not None and not np.all(np.isfinite(actions)):
         bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
         raise DataError(
-            f"{ref.name}: non-finite actions at frames {bad[:5].tolist()}; fix or drop them"
+            f"{ref.source(int(bad[0]))}: non-finite actions at frames {bad[:5].tolist()} of "
+            f"episode {ref.name}; fix or drop them"
         )
     return frames, actions
 
@@ -170,7 +180,7 @@ def write_shard(
             )
         except DataError as e:
             if not skip_bad:
-                raise
+                raise SkippableDataError(str(e)) from e
             skipped.append(str(e))
             continue
         for start in piece_starts:
@@ -252,6 +262,11 @@ def prepare_clips(
         raise DataError(
             f"no episode is at least {settings.length} frames long; lower the clip length"
         )
+    short = [e for e in episodes if e.length < settings.length]
+    if short:
+        print(f"clips: {len(short)} of the {len(episodes)} episodes are shorter than a clip "
+              f"({settings.length} frames) and give no clips (e.g. {short[0].name}: "
+              f"{short[0].length} frames)", file=sys.stderr, flush=True)
     plan = _plan_json(splits, tasks, settings, frame_size, action_spec)
     check_own_folder(out_dir, INDEX_FILE, "clip preparation",
                      "choose a new or empty output folder for the clips")
@@ -347,9 +362,19 @@ SHARD_ARRAYS = ("frames", "latents", "actions", "has_action")
 
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
     """A shard's arrays, memory-mapped read-only (no pickles allowed). Clip shards hold frames;
-    the latent shards that the launch's latents stage writes in the same layout hold latents."""
-    return {
-        key: np.load(path, mmap_mode="r", allow_pickle=False)
-        for key in SHARD_ARRAYS
-        if os.path.exists(path := os.path.join(shard_dir, f"{key}.npy"))
-    }
+    the latent shards that the launch's latents stage writes in the same layout hold latents.
+    DataError naming the file if one is truncated or damaged."""
+    arrays = {}
+    for key in SHARD_ARRAYS:
+        path = os.path.join(shard_dir, f"{key}.npy")
+        if not os.path.exists(path):
+            continue
+        try:
+            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise DataError(
+                f"{path}: cannot read ({type(error).__name__}: {error}); the shard is truncated "
+                f"or damaged: delete {shard_dir} and run the stage that wrote it again (it "
+                "writes only missing shards)"
+            ) from error
+    return arrays

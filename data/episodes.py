@@ -12,6 +12,7 @@ compressed, and resume with `pending_episodes`.
 import collections
 import dataclasses
 import os
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,6 +36,10 @@ class NpzEpisode:
     length: int
     frame_size: tuple[int, int]
     action_spec: ActionSpec | None
+    read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
+
+    def source(self, frame: int) -> str:
+        return self.path
 
     def read(self, start: int, stop: int) -> EpisodeChunk:
         try:
@@ -71,6 +76,11 @@ def _describe(path: str, name: str) -> NpzEpisode:
             f"{path}: `frames` is {frame_dtype} {frame_shape}; it must be uint8 [T, H, W, 3] "
             "(RGB, values 0..255)"
         )
+    if frame_shape[0] == 0:
+        raise DataError(
+            f"{path}: `frames` holds no frames; an episode needs at least one: write it again, "
+            "or pass skip_bad=True to leave it out"
+        )
     spec = None
     if "actions" in shapes:
         action_shape, action_dtype = shapes["actions"]
@@ -91,9 +101,9 @@ def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
     """The episodes of a folder of .npz files, sorted by file name, checked from headers only.
 
     Raises DataError for a missing or empty folder and for any bad file (unreadable, no uint8
-    `frames`, action count != frame count, a frame size other than the one most files have; on a
-    tie, the first file's), unless `skip_bad`, which leaves bad files out and warns once with
-    their count.
+    `frames`, no frames, action count != frame count, a frame size other than the one most files
+    have; on a tie, the first file's), unless `skip_bad`, which leaves bad files out and warns
+    once with their count.
     """
     if not os.path.isdir(folder):
         raise DataError(

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from data.episode import DataError
+from data.episode import DataError, SkippableDataError
 from launch import provenance, settings
 from launch.checkpoints import CheckpointMismatchError
 from launch.distributed import make_mesh
@@ -131,6 +131,14 @@ def parse_flags(argv: Sequence[str]):
         raise SystemExit(f"config error: {message}") from None
 
 
+def data_error_line(error: DataError) -> str:
+    """The one line a data error ends the command with; it names --config.data.skip_bad only
+    where leaving the bad file out would get past it."""
+    if isinstance(error, SkippableDataError):
+        return f"data error: {error} (on the command line: --config.data.skip_bad=True)"
+    return f"data error: {error}"
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # keep orbax's per-checkpoint INFO lines out
@@ -147,8 +155,7 @@ def main(argv):
     except WorkdirError as error:
         raise SystemExit(f"workdir error: {error}") from None
     except DataError as error:
-        raise SystemExit(f"data error: {error} (on the command line: "
-                         "--config.data.skip_bad=True)") from None
+        raise SystemExit(data_error_line(error)) from None
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
-from data.clips import ClipSettings, prepare_clips
+from data.clips import ClipSettings, open_shard, prepare_clips
 from data.episode import DataError, SkippedDataWarning
 from data.episodes import npz_episodes, pending_episodes
 from data.prepare import generate_source
 from data.sim_demos import SimSettings
+from launch.run import data_error_line
 from tests.test_data_sources import write_calvin, write_episode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,3 +127,57 @@ def test_a_second_preparation_of_a_folder_in_use_stops_and_deletes_nothing(tmp_p
     shutil.rmtree(temp)
     prepare_clips(splits, str(out), ClipSettings(3, 3), progress=False)  # free again
     assert (out / "train" / "shard_000000").is_dir()
+
+
+def test_a_truncated_shard_names_its_file_and_no_skip_advice(tmp_path):
+    write_episode(tmp_path, "ep1", 6)
+    index = prepare_clips({"train": npz_episodes(str(tmp_path))}, str(tmp_path / "out"),
+                          ClipSettings(3, 3), progress=False)
+    shard = tmp_path / "out" / "train" / index["shards"]["train"][0][0]
+    with open(shard / "frames.npy", "r+b") as f:
+        f.truncate(200)
+    with pytest.raises(DataError, match=r"shard_000000/frames\.npy: cannot read .*delete "
+                                        r".*shard_000000 and run the stage that wrote it again"
+                       ) as caught:
+        open_shard(str(shard))
+    assert "skip_bad" not in data_error_line(caught.value)
+    (tmp_path / "bad.npz").write_bytes(b"garbage")  # a bad file: leaving it out helps
+    with pytest.raises(DataError) as caught:
+        npz_episodes(str(tmp_path))
+    assert data_error_line(caught.value).endswith("(on the command line: "
+                                                  "--config.data.skip_bad=True)")
+    os.remove(tmp_path / "bad.npz")
+    with pytest.raises(DataError, match="prepared with other settings") as caught:
+        prepare_clips({"train": npz_episodes(str(tmp_path))}, str(tmp_path / "out"),
+                      ClipSettings(2, 2), progress=False)
+    assert "skip_bad" not in data_error_line(caught.value)
+
+
+def test_empty_and_short_episodes_are_named(tmp_path, capsys):
+    write_episode(tmp_path, "ep1", 6)
+    write_episode(tmp_path, "ep2", 2)
+    np.savez(tmp_path / "ep3.npz", frames=np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"ep3\.npz: `frames` holds no frames"):
+        npz_episodes(str(tmp_path))
+    with pytest.warns(SkippedDataWarning, match=r"skipped 1 of 3 .*ep3\.npz"):
+        episodes = npz_episodes(str(tmp_path), skip_bad=True)
+    prepare_clips({"train": episodes}, str(tmp_path / "out"), ClipSettings(3, 3), progress=False)
+    assert ("1 of the 2 episodes are shorter than a clip (3 frames) and give no clips (e.g. ep2: "
+            "2 frames)") in capsys.readouterr().err
+
+
+def test_an_npz_window_is_decompressed_once(tmp_path, monkeypatch):
+    """One 600-frame episode cut into two 300-frame clips: one window of 600 frames, read with
+    one np.load (not one per 256-frame chunk), and the same clips as reading frame by frame."""
+    write_episode(tmp_path, "ep1", 600, size=(4, 4))
+    (episode,) = npz_episodes(str(tmp_path))
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    prepare_clips({"train": [episode]}, str(tmp_path / "out"), ClipSettings(300, 300),
+                  progress=False)
+    assert loads.count(episode.path) == 1
+    monkeypatch.setattr(np, "load", real_load)
+    frames = open_shard(str(tmp_path / "out" / "train" / "shard_000000"))["frames"]
+    np.testing.assert_array_equal(frames.reshape(600, 4, 4, 3), [episode.read(t, t + 1).frames[0]
+                                                                  for t in range(600)])
