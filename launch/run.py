@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
+from data.clips import read_index
 from data.episode import DataError, SkippableDataError
 from launch import provenance, settings
 from launch.checkpoints import CheckpointMismatchError
@@ -30,12 +31,13 @@ from launch.distributed import make_mesh
 from launch.evaluate import eval_stage
 from launch.stages import (
     Workdir,
+    check_data_actions,
     data_stage,
     dynamics_stage,
     latents_stage,
     tokenizer_stage,
 )
-from launch.workdir import WorkdirError, apply_config, locked
+from launch.workdir import WorkdirError, apply_config, locked, same_data_settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
                                           lock_config=True)
@@ -57,12 +59,26 @@ def run(config, workdir: str, restart: Sequence[str] = ()) -> None:
     except ValueError as error:  # settings.ConfigError lists every problem, one per line
         raise SystemExit("\n".join(f"config error: {line}" for line in str(error).splitlines())
                          ) from None
-    with locked(workdir):
+    work = Workdir(workdir)
+    with locked(workdir):  # then nothing is written before the config is compared and checked
+        _check_existing_clips(config, work)
         apply_config(workdir, config, restart)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("workdir config")
-        provenance.adopt(Workdir(workdir))
-        _run_stages(config, Workdir(workdir), mesh, started)
+        provenance.adopt(work)
+        _run_stages(config, work, mesh, started)
+
+
+def _check_existing_clips(config, work: Workdir) -> None:
+    """Before anything is written: the action classes must fit the actions of the workdir's
+    finished clips, when they were made with the same data settings."""
+    if same_data_settings(work.root, config) and os.path.isfile(os.path.join(work.clips,
+                                                                             "index.json")):
+        try:
+            index = read_index(work.clips)
+        except DataError:  # unfinished: the data stage completes and checks them
+            return
+        check_data_actions(config, work.clips, index)
 
 
 def _data_stage(config, work: Workdir) -> None:

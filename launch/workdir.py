@@ -107,6 +107,16 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
             if key in old and old[key] != new[key] and key not in PER_RUN]
 
 
+def same_data_settings(root: str, config) -> bool:
+    """Whether the workdir's config.json exists and no changed field invalidates its data."""
+    path = os.path.join(root, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        changes = config_changes(json.load(f), json.loads(config.to_json_best_effort()))
+    return all(invalidated_stage(field) != "data" for field, _, _ in changes)
+
+
 def has_output(root: str, stage: str) -> bool:
     folder = os.path.join(root, OUTPUTS[stage][0])
     return os.path.isdir(folder) and any(e != LOCK_FILE for e in os.listdir(folder))
