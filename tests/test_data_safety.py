@@ -10,12 +10,13 @@ import textwrap
 import numpy as np
 import pytest
 
+from configs import calvin
 from data.clips import ClipSettings, open_shard, prepare_clips
 from data.episode import DataError, SkippedDataWarning
 from data.episodes import npz_episodes, pending_episodes
 from data.prepare import generate_source
 from data.sim_demos import SimSettings
-from launch.run import data_error_line
+from launch.run import data_error_line, run
 from tests.test_data_sources import write_calvin, write_episode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,3 +182,17 @@ def test_an_npz_window_is_decompressed_once(tmp_path, monkeypatch):
     frames = open_shard(str(tmp_path / "out" / "train" / "shard_000000"))["frames"]
     np.testing.assert_array_equal(frames.reshape(600, 4, 4, 3), [episode.read(t, t + 1).frames[0]
                                                                   for t in range(600)])
+
+
+def test_the_main_job_refuses_to_generate_into_a_users_dataset(tmp_path):
+    """`--config.data.path=<a CALVIN root>` without the format: one data error line naming what
+    is there and the format flag (no skip_bad advice: skipping cannot help), data untouched."""
+    write_calvin(tmp_path / "task_D_D", "training", [(0, 3)], size=(8, 8))
+    before = listing(tmp_path / "task_D_D")
+    config = calvin.get_config("tiny")
+    config.data.path, config.stages = str(tmp_path / "task_D_D"), "data"
+    with pytest.raises(DataError) as caught:
+        run(config, str(tmp_path / "run"))
+    line = data_error_line(caught.value)
+    assert "--config.data.format=calvin" in line and "skip_bad" not in line
+    assert "\n" not in line and listing(tmp_path / "task_D_D") == before
