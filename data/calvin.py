@@ -50,6 +50,9 @@ class CalvinEpisode:
     def length(self) -> int:
         return self.last_id - self.first_id + 1
 
+    def source(self, frame: int) -> str:
+        return frame_path(self.split_dir, self.first_id + frame)
+
     def read(self, start: int, stop: int) -> EpisodeChunk:
         frames = np.empty((stop - start, *self.frame_size, 3), np.uint8)
         actions = np.empty((stop - start, 7), np.float32)

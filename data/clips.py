@@ -18,11 +18,15 @@ Clip starts in an episode of T frames, for clip length L and stride S: 0, S, 2S,
 start + L <= T, plus a last clip starting at T - L when that start is not already there. So with
 S <= L every frame is in at least one clip (the last clip may overlap its neighbour more), and with
 S > L the frames between clips are dropped. Episodes shorter than L give no clip; the index counts
-them. Shards pack consecutive clips of consecutive episodes, at most `clips_per_shard` each.
+them and preparation says so. Shards pack consecutive clips of consecutive episodes, at most
+`clips_per_shard` each.
 
 Preparation runs shards in parallel processes; each shard is written to a temporary folder and
 renamed into place, so a crash never leaves a partial shard, and re-running with the same plan
-skips finished shards (a different plan raises instead of mixing two datasets).
+skips finished shards (a different plan raises instead of mixing two datasets). It writes only
+into a folder it made or an empty one, and holds the folder's lock (`<out>/.lock`) while it
+writes, so a second preparation of the same folder stops at once instead of deleting the first
+one's temporary shards.
 """
 
 import dataclasses
@@ -30,14 +34,21 @@ import functools
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_spec
+from data.episode import (
+    DataError,
+    EpisodeRef,
+    SkippableDataError,
+    SkippedDataWarning,
+    dataset_action_spec,
+)
 from data.images import resize_frames
-from data.jobs import Progress, run_jobs
+from data.jobs import FolderLock, Progress, check_own_folder, run_jobs
 
 FORMAT = "dreamer4-clips"
 VERSION = 1
@@ -137,8 +148,9 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
     """Frames (resized) and actions of ref[start:stop], read in bounded chunks."""
     frames = np.empty((stop - start, *frame_size, 3), np.uint8)
     actions = np.zeros((stop - start, *action_spec.shape), action_spec.dtype)
-    for lo in range(start, stop, READ_CHUNK):
-        hi = min(lo + READ_CHUNK, stop)
+    chunk_frames = getattr(ref, "read_chunk", READ_CHUNK) or stop - start
+    for lo in range(start, stop, chunk_frames):
+        hi = min(lo + chunk_frames, stop)
         chunk = ref.read(lo, hi)
         frames[lo - start : hi - start] = resize_frames(chunk.frames, frame_size)
         if chunk.actions is not None:
@@ -146,7 +158,8 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
     if ref.action_spec is not None and not np.all(np.isfinite(actions)):
         bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
         raise DataError(
-            f"{ref.name}: non-finite actions at frames {bad[:5].tolist()}; fix or drop them"
+            f"{ref.source(int(bad[0]))}: non-finite actions at frames {bad[:5].tolist()} of "
+            f"episode {ref.name}; fix or drop them"
         )
     return frames, actions
 
@@ -167,7 +180,7 @@ def write_shard(
             )
         except DataError as e:
             if not skip_bad:
-                raise
+                raise SkippableDataError(str(e)) from e
             skipped.append(str(e))
             continue
         for start in piece_starts:
@@ -235,8 +248,9 @@ def prepare_clips(
     """Cuts the episodes of each split into clip shards under `out_dir`; returns the index.
 
     Resumable: finished shards of an earlier run with the same plan are kept. Raises DataError
-    for bad input (or, with `skip_bad`, leaves it out and warns with the count) and when
-    `out_dir` holds clips made with a different plan.
+    for bad input (or, with `skip_bad`, leaves it out and warns with the count), when `out_dir`
+    holds clips made with a different plan, and when it is a non-empty folder without an index
+    (not made by clip preparation).
     """
     episodes = [e for split in splits.values() for e in split]
     if not episodes:
@@ -248,7 +262,22 @@ def prepare_clips(
         raise DataError(
             f"no episode is at least {settings.length} frames long; lower the clip length"
         )
+    short = [e for e in episodes if e.length < settings.length]
+    if short:
+        print(f"clips: {len(short)} of the {len(episodes)} episodes are shorter than a clip "
+              f"({settings.length} frames) and give no clips (e.g. {short[0].name}: "
+              f"{short[0].length} frames)", file=sys.stderr, flush=True)
     plan = _plan_json(splits, tasks, settings, frame_size, action_spec)
+    check_own_folder(out_dir, INDEX_FILE, "clip preparation",
+                     "choose a new or empty output folder for the clips")
+    with FolderLock(out_dir):
+        return _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec,
+                            num_workers=num_workers, skip_bad=skip_bad, progress=progress)
+
+
+def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec, *,
+                 num_workers, skip_bad, progress) -> dict:
+    """prepare_clips once it holds the folder's lock: index, missing shards, finished index."""
     index_path = os.path.join(out_dir, INDEX_FILE)
     if os.path.exists(index_path):
         with open(index_path) as f:
@@ -258,7 +287,6 @@ def prepare_clips(
                     "output folder, or delete this one to prepare it again"
                 )
     else:
-        os.makedirs(out_dir, exist_ok=True)
         write_json(
             index_path, {"format": FORMAT, "version": VERSION, "plan": plan, "complete": False}
         )
@@ -266,7 +294,7 @@ def prepare_clips(
         split_dir = os.path.join(out_dir, split)
         os.makedirs(split_dir, exist_ok=True)
         for entry in os.listdir(split_dir):
-            if ".tmp-" in entry:  # left by a crashed run
+            if ".tmp-" in entry:  # left by a crashed run (a live one would hold the lock)
                 shutil.rmtree(os.path.join(split_dir, entry))
     pending = [t for t in tasks if not os.path.isdir(os.path.join(out_dir, t.split, t.name))]
     bar = Progress("clips", sum(t.clips for t in tasks), "clips")
@@ -334,9 +362,19 @@ SHARD_ARRAYS = ("frames", "latents", "actions", "has_action")
 
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
     """A shard's arrays, memory-mapped read-only (no pickles allowed). Clip shards hold frames;
-    the latent shards that the launch's latents stage writes in the same layout hold latents."""
-    return {
-        key: np.load(path, mmap_mode="r", allow_pickle=False)
-        for key in SHARD_ARRAYS
-        if os.path.exists(path := os.path.join(shard_dir, f"{key}.npy"))
-    }
+    the latent shards that the launch's latents stage writes in the same layout hold latents.
+    DataError naming the file if one is truncated or damaged."""
+    arrays = {}
+    for key in SHARD_ARRAYS:
+        path = os.path.join(shard_dir, f"{key}.npy")
+        if not os.path.exists(path):
+            continue
+        try:
+            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise DataError(
+                f"{path}: cannot read ({type(error).__name__}: {error}); the shard is truncated "
+                f"or damaged: delete {shard_dir} and run the stage that wrote it again (it "
+                "writes only missing shards)"
+            ) from error
+    return arrays

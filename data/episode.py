@@ -25,6 +25,11 @@ class DataError(ValueError):
     """Bad input data; the message names the file and the fix."""
 
 
+class SkippableDataError(DataError):
+    """A bad input file or range that `skip_bad=True` would leave out (other DataErrors, such as
+    a clip folder prepared with other settings, are not helped by skipping)."""
+
+
 class SkippedDataWarning(UserWarning):
     """Bad files were skipped because the caller asked for it (`skip_bad=True`)."""
 
@@ -80,7 +85,10 @@ class EpisodeChunk(NamedTuple):
 
 
 class EpisodeRef(Protocol):
-    """A lazily read episode. Implementations are picklable frozen dataclasses."""
+    """A lazily read episode. Implementations are picklable frozen dataclasses. `source(t)` is
+    the file that holds the action of frame t (for messages). Clip preparation reads long
+    windows in chunks of `data.clips.READ_CHUNK` frames; a reader whose every read loads its
+    whole file (an .npz) sets the class attribute `read_chunk = None` to read a window at once."""
 
     name: str
     length: int
@@ -88,6 +96,8 @@ class EpisodeRef(Protocol):
     action_spec: ActionSpec | None
 
     def read(self, start: int, stop: int) -> EpisodeChunk: ...
+
+    def source(self, frame: int) -> str: ...
 
 
 def read_episode(ref: EpisodeRef) -> EpisodeChunk:
@@ -129,15 +139,15 @@ def npz_member_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 def keep_good(items: Sequence, describe, *, skip_bad: bool, what: str, where: str) -> list:
     """[describe(item, kept) for item in items], `kept` being the results so far. A DataError
-    raises, or with `skip_bad` leaves its item out (one warning with the count of `what` skipped);
-    DataError too if nothing is left."""
+    raises (as a SkippableDataError), or with `skip_bad` leaves its item out (one warning with the
+    count of `what` skipped); DataError too if nothing is left."""
     kept, skipped = [], []
     for item in items:
         try:
             kept.append(describe(item, kept))
         except DataError as error:
             if not skip_bad:
-                raise
+                raise SkippableDataError(str(error)) from error
             skipped.append(str(error))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} of {len(items)} {what} (skip_bad=True); first: "
@@ -158,6 +168,9 @@ class NoiseEpisode:
     length: int
     frame_size: tuple[int, int]
     action_spec: ActionSpec = NOISE_ACTIONS
+
+    def source(self, frame: int) -> str:
+        return self.name
 
     def read(self, start: int, stop: int) -> EpisodeChunk:
         rng = np.random.default_rng(start)

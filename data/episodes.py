@@ -9,8 +9,10 @@ Generators (CoinRun, Craftax) write this format with `write_episode` as `episode
 compressed, and resume with `pending_episodes`.
 """
 
+import collections
 import dataclasses
 import os
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,6 +36,10 @@ class NpzEpisode:
     length: int
     frame_size: tuple[int, int]
     action_spec: ActionSpec | None
+    read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
+
+    def source(self, frame: int) -> str:
+        return self.path
 
     def read(self, start: int, stop: int) -> EpisodeChunk:
         try:
@@ -70,6 +76,11 @@ def _describe(path: str, name: str) -> NpzEpisode:
             f"{path}: `frames` is {frame_dtype} {frame_shape}; it must be uint8 [T, H, W, 3] "
             "(RGB, values 0..255)"
         )
+    if frame_shape[0] == 0:
+        raise DataError(
+            f"{path}: `frames` holds no frames; an episode needs at least one: write it again, "
+            "or pass skip_bad=True to leave it out"
+        )
     spec = None
     if "actions" in shapes:
         action_shape, action_dtype = shapes["actions"]
@@ -90,8 +101,9 @@ def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
     """The episodes of a folder of .npz files, sorted by file name, checked from headers only.
 
     Raises DataError for a missing or empty folder and for any bad file (unreadable, no uint8
-    `frames`, action count != frame count, frame size different from the first file's), unless
-    `skip_bad`, which leaves bad files out and warns once with their count.
+    `frames`, no frames, action count != frame count, a frame size other than the one most files
+    have; on a tie, the first file's), unless `skip_bad`, which leaves bad files out and warns
+    once with their count.
     """
     if not os.path.isdir(folder):
         raise DataError(
@@ -103,19 +115,39 @@ def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
             f"{folder}: no .npz episodes in it; save each episode with "
             "np.savez(path, frames=..., actions=...)"
         )
+    described = []  # per file: its episode, or the DataError that describing it raised
+    for name in names:
+        try:
+            described.append(_describe(os.path.join(folder, name), name[: -len(".npz")]))
+        except DataError as error:
+            described.append(error)
+    episodes = [e for e in described if isinstance(e, NpzEpisode)]
+    expected = _common_frame_size(episodes)
 
-    def describe(file_name, episodes):
-        path = os.path.join(folder, file_name)
-        episode = _describe(path, file_name[: -len(".npz")])
-        if episodes and episode.frame_size != episodes[0].frame_size:
+    def check(item, _):
+        if isinstance(item, DataError):
+            raise item
+        if item.frame_size != expected:
+            example = next(e for e in episodes if e.frame_size == expected)
+            count = sum(e.frame_size == expected for e in episodes)
             raise DataError(
-                f"{path}: frames are {episode.frame_size[0]}x{episode.frame_size[1]} but "
-                f"{episodes[0].frame_size[0]}x{episodes[0].frame_size[1]} in "
-                f"{episodes[0].path}; resize all episodes to one size"
+                f"{item.path}: frames are {_size(item.frame_size)} but {_size(expected)} in "
+                f"{count} of the {len(names)} files (e.g. {example.path}); resize all episodes "
+                "to one size"
             )
-        return episode
+        return item
 
-    return keep_good(names, describe, skip_bad=skip_bad, what="episode files", where=folder)
+    return keep_good(described, check, skip_bad=skip_bad, what="episode files", where=folder)
+
+
+def _size(frame_size: tuple[int, int]) -> str:
+    return f"{frame_size[0]}x{frame_size[1]}"
+
+
+def _common_frame_size(episodes: list[NpzEpisode]) -> tuple[int, int] | None:
+    """The frame size most episodes have; a tie goes to the size found first (name order)."""
+    counts = collections.Counter(e.frame_size for e in episodes)  # insertion (name) order
+    return max(counts, key=counts.get) if counts else None
 
 
 def episode_file(folder: str, index: int) -> str:

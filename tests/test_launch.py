@@ -133,7 +133,8 @@ def test_bad_episode_file_stops_the_command_with_a_one_line_error(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "launch", "run.py"), "--config=configs/calvin.py:tiny",
          "--config.data.format=episodes", f"--config.data.path={tmp_path / 'episodes'}",
-         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO))  # this checkout's packages, not an installed one
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "data error:" in out.stderr and "ep0.npz: not a readable .npz" in out.stderr
     assert "--config.data.skip_bad=True" in out.stderr
