@@ -10,8 +10,10 @@ The probe is closed-form ridge regression on colour-moment features, fitted on r
    palette of -|rgb(p) - colour_k|^2 / `TEMPERATURE`) and its moments: mass M_k = mean_p m_k(p),
    M_k * x_k and M_k * y_k (the membership-weighted mean image coordinates in [-1, 1], which are
    linear in the memberships), and the centroid x_k, y_k itself;
-3. standardised features, ridge strength chosen from `ALPHAS` on the last fifth of the fitting
-   clips (whole clips, so neighbouring frames do not leak), refitted on all of them.
+3. standardised features (spread at least `MIN_SCALE`, clipped to +-`CLIP`, so a frame unlike
+   any real one, e.g. an untrained model's, cannot send the linear read-out to kilometres), ridge
+   strength chosen from `ALPHAS` on the last fifth of the fitting clips (whole clips, so
+   neighbouring frames do not leak), refitted on all of them.
 Why this probe: an object of a distinct colour moves its colour's centroid with it, and in a
 static camera position is close to linear in the image centroid, so a linear read-out of
 centroids generalises to object layouts the fitting clips never showed. Ridge on downsampled
@@ -38,6 +40,8 @@ CM_PER_M = 100.0
 TEMPERATURE = 0.01  # squared RGB distance (values in [0, 1]) per unit of membership logit
 PALETTE_SAMPLES, PALETTE_ITERATIONS = 20_000, 30
 CHUNK = 256  # frames whose memberships are held in memory at once
+MIN_SCALE = 0.01  # feature units (coordinates in [-1, 1], masses in [0, 1]): the least spread
+CLIP = 10.0  # standardised features are clipped to +-CLIP
 
 
 def as_float(frames) -> np.ndarray:
@@ -82,7 +86,7 @@ def colour_moments(frames, palette: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Probe:
-    """states ~ ((colour_moments(frames, palette) - mean) / scale) @ weights + bias."""
+    """states ~ clip((colour_moments(frames, palette) - mean) / scale) @ weights + bias."""
 
     palette: np.ndarray
     mean: np.ndarray
@@ -94,7 +98,7 @@ class Probe:
     def __call__(self, frames) -> np.ndarray:
         """Frames [..., H, W, 3] (uint8, or float in [0, 1]) -> predicted states [..., S]."""
         features = (colour_moments(frames, self.palette) - self.mean) / self.scale
-        return features @ self.weights + self.bias
+        return np.clip(features, -CLIP, CLIP) @ self.weights + self.bias
 
 
 def _ridge_solutions(features, targets, alphas):
@@ -116,8 +120,8 @@ def fit_probe(frames, states, *, colours: int = 16, clip_of_frame=None, alphas=A
     them) choose the ridge strength, unless there is one clip or one alpha."""
     palette = fit_palette(frames, colours, seed=seed)
     raw = colour_moments(frames, palette)
-    mean, scale = raw.mean(axis=0), raw.std(axis=0) + 1e-6
-    features = (raw - mean) / scale
+    mean, scale = raw.mean(axis=0), np.maximum(raw.std(axis=0), MIN_SCALE)
+    features = np.clip((raw - mean) / scale, -CLIP, CLIP)
     targets = np.asarray(states, np.float64)
     clips = np.arange(len(features)) if clip_of_frame is None else np.asarray(clip_of_frame)
     order = np.unique(clips)
