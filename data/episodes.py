@@ -2,7 +2,9 @@
 
 Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally `actions` (float32 [T, A]
 continuous, int32 [T] discrete or int32 [T, P] multi-part), where `actions[t]` is the action taken
-after seeing `frames[t]`. Files are read with `allow_pickle=False`. All episodes must share one
+after seeing `frames[t]`, and optionally `states` (float [T, 3 * P]: xyz in metres of P points,
+the controlled one first; `data.episode` describes the layout). Files are read with
+`allow_pickle=False`. All episodes must share one
 frame size and one action layout; episodes without actions are allowed (stored as unlabeled).
 
 Generators (CoinRun, Craftax) write this format with `write_episode` as `episode_%06d.npz`,
@@ -18,6 +20,7 @@ import numpy as np
 
 from data.episode import (
     NPZ_READ_ERRORS,
+    POINT_DIMS,
     ActionSpec,
     DataError,
     EpisodeChunk,
@@ -36,6 +39,7 @@ class NpzEpisode:
     length: int
     frame_size: tuple[int, int]
     action_spec: ActionSpec | None
+    state_size: int | None = None
     read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
 
     def source(self, frame: int) -> str:
@@ -46,6 +50,8 @@ class NpzEpisode:
             with np.load(self.path, allow_pickle=False) as npz:
                 frames = npz["frames"][start:stop]
                 actions = npz["actions"][start:stop] if self.action_spec is not None else None
+                states = (npz["states"][start:stop].astype(np.float32) if self.state_size
+                          else None)
         except NPZ_READ_ERRORS as e:
             raise DataError(
                 f"{self.path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or "
@@ -53,7 +59,7 @@ class NpzEpisode:
             ) from e
         if actions is not None:
             actions = actions.astype(self.action_spec.dtype)
-        return EpisodeChunk(frames, actions)
+        return EpisodeChunk(frames, actions, states)
 
 
 def _describe(path: str, name: str) -> NpzEpisode:
@@ -94,7 +100,21 @@ def _describe(path: str, name: str) -> NpzEpisode:
             spec = ActionSpec.infer(action_dtype, action_shape[1:])
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
-    return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec)
+    return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec,
+                      _state_size(path, shapes, frame_shape[0]))
+
+
+def _state_size(path: str, shapes: dict, length: int) -> int | None:
+    if "states" not in shapes:
+        return None
+    shape, dtype = shapes["states"]
+    if (len(shape) != 2 or shape[0] != length or shape[1] % POINT_DIMS or not shape[1]
+            or not np.issubdtype(dtype, np.floating)):
+        raise DataError(
+            f"{path}: `states` is {dtype} {shape}; it must be float [T, 3 * P] with T = {length} "
+            "(xyz of P points per frame), or be left out"
+        )
+    return shape[1]
 
 
 def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
@@ -155,10 +175,12 @@ def episode_file(folder: str, index: int) -> str:
     return os.path.join(folder, f"episode_{index:06d}.npz")
 
 
-def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None) -> None:
+def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None,
+                  states: np.ndarray | None = None) -> None:
     """Writes one compressed episode file atomically: to a temporary name that does not end in
     .npz (so no reader lists it), then renamed into place."""
-    arrays = {"frames": frames} if actions is None else {"frames": frames, "actions": actions}
+    arrays = {"frames": frames, "actions": actions, "states": states}
+    arrays = {key: value for key, value in arrays.items() if value is not None}
     temp = path + ".tmp"
     with open(temp, "wb") as f:
         np.savez_compressed(f, **arrays)

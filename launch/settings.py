@@ -211,6 +211,10 @@ def problems(config, device_count: int) -> list[str]:
         found.append(f"config.eval: context_frames + horizon ({needed}) exceeds "
                      f"config.data.clip_length ({clip}); lengthen the clips or shorten the "
                      "rollouts.")
+    if config.eval.probe_colours < 1 or config.eval.probe_fit_frames < 1:
+        found.append(f"config.eval.probe_colours ({config.eval.probe_colours}) and "
+                     f"config.eval.probe_fit_frames ({config.eval.probe_fit_frames}) must "
+                     "be >= 1.")
     if not 1 <= config.eval.sampling_steps <= config.dynamics.k_max:
         found.append(f"config.eval.sampling_steps must be in 1..config.dynamics.k_max "
                      f"({config.dynamics.k_max}).")
