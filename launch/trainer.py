@@ -60,6 +60,12 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
+def restore_state(directory: str, template, mesh):
+    """The newest checkpointed state of a stage laid out for `mesh`, or None."""
+    restored = Checkpoints(directory).restore(template, state_shardings(mesh, template))
+    return None if restored is None else restored[0]
+
+
 def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
           step_kwargs=lambda step: {}, export=None):
     """Runs `step_fn(state, batch, key, **step_kwargs(step))` up to `train.steps`; returns state.
