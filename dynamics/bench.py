@@ -69,7 +69,7 @@ PRESETS = {
                                      action=ActionSpec("discrete", classes=(15,)), width=768,
                                      depth=12, heads=12, kv_heads=4, time_every=4, registers=4,
                                      k_max=128), 1),
-    # Minecraft scale (launch issue 8): about 1B parameters, 256 spatial tokens (512 latents x 16
+    # Minecraft scale: about 1B parameters, 256 spatial tokens (512 latents x 16
     # packed by 2), VPT's multi-part actions (23 keys and buttons, 121 camera classes).
     "minecraft": Preset(DynamicsConfig(latent_tokens=512, latent_dim=16, pack=2,
                                        action=ActionSpec("multipart", classes=(2,) * 23 + (121,)),

@@ -1,8 +1,11 @@
 """Turns the ml_collections config into validated component configs; fails early and by name.
 
-Every check here runs before any stage starts, and every message names the config field
-(`config.<section>.<field>`) and what would fix it.
+Every check here runs before any stage starts, all of them at once (one line per problem), and
+every message names the config field (`config.<section>.<field>`) and what would fix it.
 """
+
+import difflib
+import functools
 
 import ml_collections
 
@@ -23,6 +26,21 @@ class ConfigError(ValueError):
 def _fields(section: ml_collections.ConfigDict, drop: tuple[str, ...] = ()) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()
             if k not in drop}
+
+
+def unknown_field(config, path: str) -> str | None:
+    """For a dotted field `path` (as in --config.<path>=...): a message naming the first part
+    the config lacks with the three nearest valid names (difflib), or None when it exists."""
+    node, walked = config, "config"
+    for part in path.split("."):
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"{walked} is a value, not a section with a field {part!r}"
+        if part not in node:
+            nearest = difflib.get_close_matches(part, list(node.keys()), n=3, cutoff=0.0)
+            return (f"{walked} has no field {part!r}; the nearest names: "
+                    f"{', '.join(f'{walked}.{name}' for name in nearest)}")
+        node, walked = node[part], f"{walked}.{part}"
+    return None
 
 
 def stages(config) -> list[str]:
@@ -95,57 +113,116 @@ def action_spec(config, layout: dict) -> ActionSpec:
 
 def dynamics_config(config, action: ActionSpec, latent_stats: dict | None = None
                     ) -> DynamicsConfig:
-    """The dynamics sizes; `latent_stats` ({"mean", "std"} of the training latents, from the
+    """The dynamics sizes; `latent_stats` ({"mean", "std"} of the training latents, and the
+    continuous actions' per-dimension "action_mean" / "action_std", from the
     latents stage) sets the model's standardisation (default: none)."""
     tok = tokenizer_config(config)
     fields = _fields(config.dynamics)
     fields["kv_heads"] = fields["kv_heads"] or None
     stats = latent_stats or {"mean": 0.0, "std": 1.0}
+    action_stats = {}
+    if action.kind == "continuous" and len(stats.get("action_mean", ())) == action.dim:
+        action_stats = {"action_mean": tuple(stats["action_mean"]),
+                        "action_std": tuple(stats["action_std"])}
     try:
         return DynamicsConfig(latent_tokens=tok.n_latents, latent_dim=tok.latent_dim,
                               action=action, latent_mean=stats["mean"],
-                              latent_std=stats["std"], **fields)
+                              latent_std=stats["std"], **action_stats, **fields)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config.dynamics: {error}") from error
 
 
-def validate(config, device_count: int) -> None:
-    """Every check that needs no data; raises ConfigError naming the field."""
-    stages(config)
-    evaluators(config)
-    if config.data.format not in DATA_FORMATS:
-        raise ConfigError(f"config.data.format: {config.data.format!r} is not one of "
-                          f"{DATA_FORMATS}.")
-    if config.data.format not in GENERATED and not config.data.path:
-        raise ConfigError(f"config.data.path: format {config.data.format!r} needs the dataset "
-                          "folder (--config.data.path=...).")
-    if config.data.sim_frame_skip < 1:
-        raise ConfigError(f"config.data.sim_frame_skip must be >= 1 (30 Hz control steps per "
-                          f"recorded frame), got {config.data.sim_frame_skip}.")
-    if config.data.coinrun_levels < 0:
-        raise ConfigError(f"config.data.coinrun_levels must be >= 0 (0: a new level per "
-                          f"episode), got {config.data.coinrun_levels}.")
-    tokenizer_config(config)
-    dynamics_config(config, ActionSpec("continuous", dim=1))  # the action comes with the data
-    clip = config.data.clip_length
+def _positive(config, fields: str) -> list[str]:
+    """Messages for each of the comma-separated dotted `fields` that is not a positive int."""
+    found = []
+    for field in (f.strip() for f in fields.split(",")):
+        value = functools.reduce(getattr, field.split("."), config)
+        if not isinstance(value, int) or value < 1:
+            found.append(f"config.{field} must be a positive integer, got {value!r}.")
+    return found
+
+
+def problems(config, device_count: int) -> list[str]:
+    """Every problem that needs no data, one message per problem, each naming its field."""
+    found = []
+
+    def attempt(check):
+        try:
+            check()
+        except ConfigError as error:
+            found.append(str(error))
+
+    attempt(lambda: stages(config))
+    attempt(lambda: evaluators(config))
+    data = config.data
+    if data.format not in DATA_FORMATS:
+        found.append(f"config.data.format: {data.format!r} is not one of {DATA_FORMATS}.")
+    if data.format not in GENERATED and not data.path:
+        found.append(f"config.data.path: format {data.format!r} needs the dataset folder "
+                     "(--config.data.path=...).")
+    if data.sim_frame_skip < 1:
+        found.append(f"config.data.sim_frame_skip must be >= 1 (30 Hz control steps per "
+                     f"recorded frame), got {data.sim_frame_skip}.")
+    if data.coinrun_levels < 0:
+        found.append(f"config.data.coinrun_levels must be >= 0 (0: a new level per episode), "
+                     f"got {data.coinrun_levels}.")
+    found += _positive(config, "data.clip_length, data.clip_stride, data.workers, "
+                       "data.loader_threads, data.sim_train_episodes, data.sim_episode_length, "
+                       "data.sim_render_size, data.gen_episodes, data.gen_max_length, "
+                       "eval.context_frames, eval.horizon, eval.rollouts, eval.batch")
+    if not 0 <= data.eval_fraction < 1:
+        found.append(f"config.data.eval_fraction must lie in [0, 1), got {data.eval_fraction}.")
+    if any(not isinstance(c, int) or c < 1 for c in data.action_classes):
+        found.append(f"config.data.action_classes must be positive class counts, one per action "
+                     f"part, got {tuple(data.action_classes)}.")
+    defaults = default_action_classes(config) if data.format in DATA_FORMATS else ()
+    if data.action_classes and defaults and len(data.action_classes) != len(defaults):
+        found.append(f"config.data.action_classes: {data.format} actions have {len(defaults)} "
+                     f"part(s) ({defaults} classes); got {tuple(data.action_classes)}.")
+    attempt(lambda: tokenizer_config(config))
+    if not any(message.startswith("config.tokenizer") or "image_size" in message
+               for message in found):  # the dynamics sizes come from the tokenizer's
+        attempt(lambda: dynamics_config(config, ActionSpec("continuous", dim=1)))
+    clip = data.clip_length
     for stage in ("tokenizer", "dynamics"):
         train = config.train[stage]
-        if train.batch % device_count:
-            raise ConfigError(f"config.train.{stage}.batch ({train.batch}) must be a multiple of "
-                              f"the {device_count} devices.")
+        where = f"config.train.{stage}"
+        if train.batch < 1 or train.batch % device_count:
+            found.append(f"{where}.batch ({train.batch}) must be a positive multiple of the "
+                         f"{device_count} devices.")
         if not train.seq_lengths or max(train.seq_lengths) > clip or min(train.seq_lengths) < 1:
-            raise ConfigError(f"config.train.{stage}.seq_lengths {tuple(train.seq_lengths)} must "
-                              f"lie in 1..config.data.clip_length ({clip}).")
+            found.append(f"{where}.seq_lengths {tuple(train.seq_lengths)} must lie in "
+                         f"1..config.data.clip_length ({clip}).")
+        if train.length_weights and len(train.length_weights) != len(train.seq_lengths):
+            found.append(f"{where}.length_weights {tuple(train.length_weights)} needs one weight "
+                         f"per sequence length {tuple(train.seq_lengths)}.")
         if train.steps < 1 or train.lr <= 0 or train.muon_lr <= 0:
-            raise ConfigError(f"config.train.{stage}: steps, lr and muon_lr must be positive.")
+            found.append(f"{where}: steps, lr and muon_lr must be positive.")
+        if train.warmup_steps < 0 or train.decay_steps < 0:
+            found.append(f"{where}: warmup_steps and decay_steps must be >= 0.")
+        found += _positive(config, f"train.{stage}.log_every, train.{stage}.checkpoint_every")
         if train.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"config.train.{stage}.optimizer must be one of {OPTIMIZERS}, got "
-                              f"{train.optimizer!r}.")
+            found.append(f"{where}.optimizer must be one of {OPTIMIZERS}, got "
+                         f"{train.optimizer!r}.")
+    if not 0 <= config.train.dynamics.bootstrap_fraction <= 1:
+        found.append("config.train.dynamics.bootstrap_fraction must lie in [0, 1].")
     needed = config.eval.context_frames + config.eval.horizon
     if needed > clip:
-        raise ConfigError(f"config.eval: context_frames + horizon ({needed}) exceeds "
-                          f"config.data.clip_length ({clip}); lengthen the clips or shorten the "
-                          "rollouts.")
+        found.append(f"config.eval: context_frames + horizon ({needed}) exceeds "
+                     f"config.data.clip_length ({clip}); lengthen the clips or shorten the "
+                     "rollouts.")
+    if config.eval.probe_colours < 1 or config.eval.probe_fit_frames < 1:
+        found.append(f"config.eval.probe_colours ({config.eval.probe_colours}) and "
+                     f"config.eval.probe_fit_frames ({config.eval.probe_fit_frames}) must "
+                     "be >= 1.")
     if not 1 <= config.eval.sampling_steps <= config.dynamics.k_max:
-        raise ConfigError(f"config.eval.sampling_steps must be in 1..config.dynamics.k_max "
-                          f"({config.dynamics.k_max}).")
+        found.append(f"config.eval.sampling_steps must be in 1..config.dynamics.k_max "
+                     f"({config.dynamics.k_max}).")
+    return list(dict.fromkeys(found))
+
+
+def validate(config, device_count: int) -> None:
+    """Raises ConfigError listing every problem `problems` finds, one per line."""
+    found = problems(config, device_count)
+    if found:
+        raise ConfigError("\n".join(found))

@@ -9,6 +9,7 @@ Every stage is resumable: finished work is found and skipped, checkpoints resume
 training stages keep optimizer and loader state in their checkpoints and, once finished, save the
 model alone to <workdir>/models/<stage> (`world.WorldModel.load(workdir)` reads both), which is
 what the latents and eval stages load.
+Each stage's folder records what it was made from (launch/provenance.py).
 """
 
 import dataclasses
@@ -27,7 +28,7 @@ from data.loader import make_loader
 from data.prepare import episode_splits, generate_source
 from data.sim_demos import SimSettings
 from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
-from launch import settings
+from launch import provenance, settings
 from launch.trainer import make_optimizer, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
 from tokenizer import make_train_step as make_tokenizer_step
@@ -71,6 +72,7 @@ def data_stage(config, work: Workdir) -> None:
                           num_workers=data.workers, skip_bad=data.skip_bad)
     counts = {split: sum(n for _, n in shards) for split, shards in index["shards"].items()}
     print(f"[data] clips per split: {counts}", flush=True)
+    check_data_actions(config, work.clips, index)
 
 
 def _loader(config, folder: str, train, *, split="train"):
@@ -101,17 +103,19 @@ def tokenizer_stage(config, work: Workdir, mesh) -> None:
 
 
 def model_saver(work: Workdir, part: str):
-    """export(model, step) for `train`: saves the finished model to <workdir>/models/<part>
-    unless that step is saved there already."""
+    """export(model, step, overwrite) for `train`: saves the finished model to
+    <workdir>/models/<part>; without `overwrite` only when no model of that step is there (a
+    workdir written before models were saved)."""
     folder = os.path.join(work.models, part)
 
-    def export(model, step: int) -> None:
-        try:
-            with open(os.path.join(folder, HEADER)) as f:
-                if json.load(f)["step"] == step:
-                    return
-        except (OSError, ValueError, KeyError):
-            pass
+    def export(model, step: int, *, overwrite: bool) -> None:
+        if not overwrite:
+            try:
+                with open(os.path.join(folder, HEADER)) as f:
+                    if json.load(f)["step"] == step:
+                        return
+            except (OSError, ValueError, KeyError):
+                pass
         save_part(folder, model, step=step)
         print(f"[{part}] saved the model to {folder}", flush=True)
 
@@ -127,6 +131,7 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
     """Encodes every clip of every split once with the frozen encoder (resumable per shard)."""
     del mesh  # the frozen encoder runs on the default device
     encoder = trained_tokenizer(work)
+    provenance.latents_inputs(work)  # after the restore, which may set an unreadable one aside
     encode = eqx.filter_jit(lambda model, frames: model.encode(frames))
     encode_clips(work.clips, work.latents, lambda frames: encode(encoder, frames), batch=batch)
 
@@ -161,50 +166,100 @@ def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
 
 
 def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int = 64
-                 ) -> dict[str, float]:
+                 ) -> dict:
     """{"mean", "std"} over every value of the first `max_shards` training latent shards
-    (float64 sums, one shard in memory at a time): the dynamics model standardises with them."""
+    (float64 sums, one shard in memory at a time): the dynamics model standardises with them.
+    With continuous actions also "action_mean" / "action_std", per action dimension over the
+    known actions of the same shards (a dimension that never varies gets std 1)."""
     if not train_shards:
         raise ValueError(f"{latents_dir}: no training clips to take latent statistics from.")
     count = total = squares = 0.0
+    actions = Moments()
     for name in train_shards[:max_shards]:
-        values = np.asarray(open_shard(os.path.join(latents_dir, "train", name))["latents"],
-                            np.float64)
+        shard = open_shard(os.path.join(latents_dir, "train", name))
+        values = np.asarray(shard["latents"], np.float64)
         count += values.size
         total += values.sum()
         squares += np.square(values).sum()
+        action = np.asarray(shard["actions"])
+        if action.dtype.kind == "f" and action.ndim == 3:
+            actions.add(action[np.asarray(shard["has_action"])].astype(np.float64))
     mean = total / count
     std = np.sqrt(max(squares / count - mean**2, 0.0))
-    return {"mean": float(mean), "std": float(max(std, 1e-6))}
+    stats = {"mean": float(mean), "std": float(max(std, 1e-6))}
+    if actions.count > 1:
+        action_mean, action_std = actions.mean_std()
+        stats["action_mean"] = action_mean.tolist()
+        stats["action_std"] = np.where(action_std > 1e-6, action_std, 1.0).tolist()
+    return stats
 
 
-def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> None:
-    """Raises ConfigError if a known discrete / multi-part action of any latent shard lies
-    outside 0 .. classes - 1 of its part (the embedding lookup would silently clamp it)."""
-    if spec.kind == "continuous":
-        return
-    classes = np.asarray(spec.classes)
+class Moments:
+    """Running per-column count, sum and sum of squares of [n, d] float64 rows."""
+
+    def __init__(self):
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.count += len(rows)
+        self.total = self.total + rows.sum(axis=0)
+        self.squares = self.squares + np.square(rows).sum(axis=0)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.total / self.count
+        return mean, np.sqrt(np.maximum(self.squares / self.count - mean**2, 0.0))
+
+
+def _known_actions(folder: str, index: dict, parts: int):
+    """(split, shard name, int actions [n, parts]) of the known actions of every shard."""
     for split, listed in index["shards"].items():
         for name, count in listed:
             if count == 0:
                 continue
-            shard = open_shard(os.path.join(latents_dir, split, name))
+            shard = open_shard(os.path.join(folder, split, name))
             known = np.asarray(shard["has_action"]).reshape(-1)
-            actions = np.asarray(shard["actions"]).reshape(known.size, len(classes))[known]
-            if not actions.size:
-                continue
-            where = (f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
-                     f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} "
-                     f"(per part)")
-            if actions.min() < 0:
-                raise settings.ConfigError(
-                    f"{where}; actions must be 0 .. classes - 1: map negative ones (e.g. a -1 "
-                    "'no action' sentinel) to a class of their own in the episode files, or "
-                    "leave the `actions` array out of episodes without actions.")
-            if np.any(actions.max(axis=0) >= classes):
-                raise settings.ConfigError(
-                    f"{where}, outside the classes {spec.classes}; give at least the largest "
-                    "action + 1 per part (--config.data.action_classes=...).")
+            actions = np.asarray(shard["actions"]).reshape(known.size, parts)[known]
+            if actions.size:
+                yield split, name, actions
+
+
+def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> None:
+    """Raises ConfigError if a known discrete / multi-part action of any shard (of clips or
+    latents) lies outside 0 .. classes - 1 of its part (the embedding lookup would silently
+    clamp it)."""
+    if spec.kind == "continuous":
+        return
+    classes = np.asarray(spec.classes)
+    for split, name, actions in _known_actions(latents_dir, index, len(classes)):
+        where = (f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
+                 f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} "
+                 f"(per part)")
+        if actions.min() < 0:
+            raise settings.ConfigError(
+                f"{where}; actions must be 0 .. classes - 1: map negative ones (e.g. a -1 "
+                "'no action' sentinel) to a class of their own in the episode files, or "
+                "leave the `actions` array out of episodes without actions.")
+        if np.any(actions.max(axis=0) >= classes):
+            raise settings.ConfigError(
+                f"{where}, outside the classes {spec.classes}; give at least the largest "
+                "action + 1 per part (--config.data.action_classes=...).")
+
+
+def check_data_actions(config, folder: str, index: dict) -> None:
+    """After the data stage: the action classes must fit the clips' actions (ConfigError naming
+    config.data.action_classes, with the counts the data needs when none are given)."""
+    layout = index["plan"]["action"]
+    given = tuple(config.data.action_classes) or settings.default_action_classes(config)
+    if layout["kind"] != "continuous" and not given:
+        parts = 1 if layout["kind"] == "discrete" else layout["shape"][0]
+        largest = np.max([a.max(axis=0) for _, _, a in _known_actions(folder, index, parts)]
+                         or [np.zeros(parts, int)], axis=0)
+        raise settings.ConfigError(
+            f"config.data.action_classes: the clips in {folder} have {layout['kind']} actions "
+            f"({parts} part(s)) with no class counts given; the largest action per part is "
+            f"{largest.tolist()}, so e.g. --config.data.action_classes=\""
+            f"{tuple(int(m) + 1 for m in largest)}\"")
+    check_action_classes(folder, index, settings.action_spec(config, layout))
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:

@@ -80,6 +80,13 @@ def test_every_stage_end_to_end(tmp_path):
     values = np.concatenate([np.load(shard / "latents.npy").ravel() for shard in train.iterdir()])
     np.testing.assert_allclose([stats["mean"], stats["std"]], [values.mean(), values.std()],
                                rtol=1e-4)
+    known = [(np.load(s / "actions.npy"), np.load(s / "has_action.npy")) for s in train.iterdir()]
+    actions = np.concatenate([a[h] for a, h in known]).astype(np.float64)
+    np.testing.assert_allclose(stats["action_mean"], actions.mean(0), rtol=1e-4, atol=1e-6)
+    std = actions.std(0)
+    np.testing.assert_allclose(stats["action_std"], np.where(std > 1e-6, std, 1.0), rtol=1e-4)
+    saved = json.loads((tmp_path / "models" / "dynamics" / "header.json").read_text())["config"]
+    assert saved["action_std"] == stats["action_std"]
     before = os.path.getmtime(tmp_path / "latents" / "index.json")
     config.stages = "data,tokenizer,latents,dynamics"
     run(config, str(tmp_path))
@@ -126,7 +133,8 @@ def test_bad_episode_file_stops_the_command_with_a_one_line_error(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "launch", "run.py"), "--config=configs/calvin.py:tiny",
          "--config.data.format=episodes", f"--config.data.path={tmp_path / 'episodes'}",
-         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO))  # this checkout's packages, not an installed one
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "data error:" in out.stderr and "ep0.npz: not a readable .npz" in out.stderr
     assert "--config.data.skip_bad=True" in out.stderr

@@ -121,10 +121,10 @@ def test_rollout_metrics_reject_bad_context_and_shapes():
 
 def test_unknown_evaluator_fails_validation_listing_the_known_ones(monkeypatch):
     config = calvin.get_config("tiny")
-    assert settings.evaluators(config) == ["tokenizer", "rollout", "speed"]
+    assert settings.evaluators(config) == ["tokenizer", "rollout", "probe", "speed"]
     config.eval.evaluators = "rollout,returns"
     with pytest.raises(settings.ConfigError, match=r"config\.eval\.evaluators: .*\['returns'\].*"
-                                                   r"'tokenizer', 'rollout', 'speed'"):
+                                                   r"'tokenizer', 'rollout', 'probe', 'speed'"):
         settings.validate(config, device_count=1)
     config.eval.evaluators = " , "
     with pytest.raises(settings.ConfigError, match="no evaluators"):

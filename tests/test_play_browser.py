@@ -60,13 +60,13 @@ def _frame_after_reset(driver, key, resets):
     return image
 
 
-def test_page_plays_in_headless_chromium(tiny_trained_workdir, tmp_path):
+def test_page_plays_in_headless_chromium(tiny_run, tmp_path):
     chromium, chromedriver = _browser_or_skip()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    process, url = start_player(tiny_trained_workdir, f"--fps={FPS}")
+    process, url = start_player(tiny_run, f"--fps={FPS}")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):

@@ -47,14 +47,14 @@ def test_model_of_another_action_space_is_refused(tmp_path):
         load_world_model(str(tmp_path))
 
 
-def test_settings_and_contexts_of_a_trained_workdir(tiny_trained_workdir, tmp_path):
-    defaults = read_defaults(tiny_trained_workdir)
+def test_settings_and_contexts_of_a_trained_workdir(tiny_run, tmp_path):
+    defaults = read_defaults(tiny_run)
     assert (defaults.fps, defaults.context_frames, defaults.capacity, defaults.steps) == (
         30.0, 4, 8, 4)  # simulator at 30 Hz / frame skip 1; eval context 4; sequences up to 8
-    contexts = load_contexts(tiny_trained_workdir, 4)
+    contexts = load_contexts(tiny_run, 4)
     assert contexts.frames.shape[1:] == (4, 16, 16, 3) and contexts.actions.shape[2] == 7
     assert contexts.has_action.dtype == bool and len(contexts) >= 1
-    assert load_contexts(tiny_trained_workdir, 1000) is None  # no clip is that long
+    assert load_contexts(tiny_run, 1000) is None  # no clip is that long
     assert read_defaults(str(tmp_path)).fps == 10.0  # no config.json
     assert [dataset_fps({"data": d}) for d in (
         {"format": "sim", "sim_frame_skip": 3}, {"format": "coinrun"}, {"format": "vpt"},
