@@ -15,7 +15,7 @@ import numpy as np
 
 from data.episode import (
     NPZ_READ_ERRORS,
-    ActionSpec,
+    ActionLayout,
     DataError,
     EpisodeChunk,
     keep_good,
@@ -23,7 +23,7 @@ from data.episode import (
 )
 
 CALVIN_FRAME_SIZE = (200, 200)
-CALVIN_ACTIONS = ActionSpec("continuous", (7,))
+CALVIN_ACTIONS = ActionLayout("continuous", (7,))
 SEGMENTS_FILE = "ep_start_end_ids.npy"
 LANGUAGE_FILE = os.path.join("lang_annotations", "auto_lang_ann.npy")
 
@@ -40,7 +40,7 @@ class CalvinEpisode:
     first_id: int
     last_id: int
     frame_size: tuple[int, int] = CALVIN_FRAME_SIZE
-    action_spec: ActionSpec = CALVIN_ACTIONS
+    action_layout: ActionLayout = CALVIN_ACTIONS
 
     @property
     def name(self) -> str:

@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_spec
+from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_layout
 from data.images import resize_frames
 from data.jobs import Progress, run_jobs
 
@@ -133,17 +133,17 @@ def _target_frame_size(episodes: Sequence[EpisodeRef], settings: ClipSettings) -
     return sizes.pop()
 
 
-def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec):
+def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_layout):
     """Frames (resized) and actions of ref[start:stop], read in bounded chunks."""
     frames = np.empty((stop - start, *frame_size, 3), np.uint8)
-    actions = np.zeros((stop - start, *action_spec.shape), action_spec.dtype)
+    actions = np.zeros((stop - start, *action_layout.shape), action_layout.dtype)
     for lo in range(start, stop, READ_CHUNK):
         hi = min(lo + READ_CHUNK, stop)
         chunk = ref.read(lo, hi)
         frames[lo - start : hi - start] = resize_frames(chunk.frames, frame_size)
         if chunk.actions is not None:
             actions[lo - start : hi - start] = chunk.actions
-    if ref.action_spec is not None and not np.all(np.isfinite(actions)):
+    if ref.action_layout is not None and not np.all(np.isfinite(actions)):
         bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
         raise DataError(
             f"{ref.name}: non-finite actions at frames {bad[:5].tolist()}; fix or drop them"
@@ -152,18 +152,18 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
 
 
 def write_shard(
-    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_spec, skip_bad: bool
+    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_layout, skip_bad: bool
 ) -> tuple[int, list[str]]:
     """Writes one shard atomically; returns (clips written, errors of skipped pieces)."""
     length = settings.length
     frames = np.empty((task.clips, length, *frame_size, 3), np.uint8)
-    actions = np.zeros((task.clips, length, *action_spec.shape), action_spec.dtype)
+    actions = np.zeros((task.clips, length, *action_layout.shape), action_layout.dtype)
     has_action = np.zeros((task.clips, length), bool)
     episode_names, starts, skipped = [], [], []
     for ref, piece_starts in task.pieces:
         try:
             window_frames, window_actions = _read_window(
-                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_spec
+                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_layout
             )
         except DataError as e:
             if not skip_bad:
@@ -174,7 +174,7 @@ def write_shard(
             row, offset = len(starts), start - piece_starts[0]
             frames[row] = window_frames[offset : offset + length]
             actions[row] = window_actions[offset : offset + length]
-            has_action[row] = ref.action_spec is not None
+            has_action[row] = ref.action_layout is not None
             episode_names.append(ref.name)
             starts.append(start)
     kept = len(starts)
@@ -198,11 +198,11 @@ def save_shard(final: str, arrays: dict[str, np.ndarray], clips: dict) -> None:
     os.rename(temp, final)
 
 
-def _plan_json(splits, tasks, settings, frame_size, action_spec) -> dict:
+def _plan_json(splits, tasks, settings, frame_size, action_layout) -> dict:
     plan = {
         "settings": dataclasses.asdict(settings),
         "frame_size": list(frame_size),
-        "action": action_spec.to_json(),
+        "action": action_layout.to_json(),
         "splits": {
             split: {
                 "episodes": [[e.name, e.length] for e in episodes],
@@ -241,14 +241,14 @@ def prepare_clips(
     episodes = [e for split in splits.values() for e in split]
     if not episodes:
         raise DataError(f"{out_dir}: no episodes to cut into clips; check the data path")
-    action_spec = dataset_action_spec(episodes)
+    action_layout = dataset_action_layout(episodes)
     frame_size = _target_frame_size(episodes, settings)
     tasks = plan_shards(splits, settings)
     if not tasks:
         raise DataError(
             f"no episode is at least {settings.length} frames long; lower the clip length"
         )
-    plan = _plan_json(splits, tasks, settings, frame_size, action_spec)
+    plan = _plan_json(splits, tasks, settings, frame_size, action_layout)
     index_path = os.path.join(out_dir, INDEX_FILE)
     if os.path.exists(index_path):
         with open(index_path) as f:
@@ -276,7 +276,7 @@ def prepare_clips(
         out_dir=out_dir,
         settings=settings,
         frame_size=frame_size,
-        action_spec=action_spec,
+        action_layout=action_layout,
         skip_bad=skip_bad,
     )
     skipped = []

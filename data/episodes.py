@@ -16,7 +16,7 @@ import numpy as np
 
 from data.episode import (
     NPZ_READ_ERRORS,
-    ActionSpec,
+    ActionLayout,
     DataError,
     EpisodeChunk,
     keep_good,
@@ -33,20 +33,20 @@ class NpzEpisode:
     name: str
     length: int
     frame_size: tuple[int, int]
-    action_spec: ActionSpec | None
+    action_layout: ActionLayout | None
 
     def read(self, start: int, stop: int) -> EpisodeChunk:
         try:
             with np.load(self.path, allow_pickle=False) as npz:
                 frames = npz["frames"][start:stop]
-                actions = npz["actions"][start:stop] if self.action_spec is not None else None
+                actions = npz["actions"][start:stop] if self.action_layout is not None else None
         except NPZ_READ_ERRORS as e:
             raise DataError(
                 f"{self.path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or "
                 "truncated: write it again, or pass skip_bad=True to leave it out"
             ) from e
         if actions is not None:
-            actions = actions.astype(self.action_spec.dtype)
+            actions = actions.astype(self.action_layout.dtype)
         return EpisodeChunk(frames, actions)
 
 
@@ -80,7 +80,7 @@ def _describe(path: str, name: str) -> NpzEpisode:
                 "frames[t]; pad the last one if your data has T-1 actions)"
             )
         try:
-            spec = ActionSpec.infer(action_dtype, action_shape[1:])
+            spec = ActionLayout.infer(action_dtype, action_shape[1:])
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
     return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec)

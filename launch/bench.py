@@ -45,7 +45,7 @@ from core.timing import (
 )
 from core.training import init_state, make_train_step
 from data.clips import ClipSettings, prepare_clips
-from data.episode import NoiseEpisode
+from data.episode import ActionLayout, NoiseEpisode
 from data.loader import make_loader
 from dynamics import Dynamics
 from launch import settings
@@ -122,7 +122,7 @@ def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool) -> 
             batch * frames * 2 * per_frame,
             lambda m: [(m.encoder.transformer, per_frame), (m.decoder.transformer, per_frame)])
     kind, shape = ACTION_LAYOUTS[config.data.format]
-    spec = settings.action_spec(config, {"kind": kind, "shape": shape})
+    spec = settings.action_spec(config, ActionLayout(kind, tuple(shape)))
     c = settings.dynamics_config(config, spec)
     loss_fn = dynamics_loss_fn(config)
     data = {"latents": jnp.asarray(rng.normal(size=(batch, frames, c.latent_tokens,

@@ -6,6 +6,7 @@ Every check here runs before any stage starts, and every message names the confi
 
 import ml_collections
 
+from data.episode import ActionLayout
 from dynamics import ActionSpec, DynamicsConfig
 from launch.evaluators import EVALUATORS
 from launch.trainer import OPTIMIZERS
@@ -76,19 +77,12 @@ def default_action_classes(config) -> tuple[int, ...]:
     return ()
 
 
-def action_spec(config, layout: dict) -> ActionSpec:
-    """The model's action spec from the clips' action layout ({"kind", "shape"}) and, for
-    discrete and multi-part actions, config.data.action_classes (or the source's default)."""
-    kind, shape = layout["kind"], tuple(layout["shape"])
-    if kind == "continuous":
-        return ActionSpec("continuous", dim=max(shape[0], 1))
+def action_spec(config, layout: ActionLayout) -> ActionSpec:
+    """The model's action spec from the clips' action layout and, for discrete and multi-part
+    actions, config.data.action_classes (or the source's default)."""
     classes = tuple(config.data.action_classes) or default_action_classes(config)
-    parts = 1 if kind == "discrete" else shape[0]
-    if len(classes) != parts:
-        raise ConfigError(f"config.data.action_classes: the data has {kind} actions with {parts} "
-                          f"part(s); give one class count per part (got {classes}).")
     try:
-        return ActionSpec(kind, classes=classes)
+        return ActionSpec.from_layout(layout, classes)
     except ValueError as error:
         raise ConfigError(f"config.data.action_classes: {error}") from error
 

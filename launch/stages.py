@@ -22,6 +22,7 @@ import numpy as np
 
 from core.training import init_state, make_train_step
 from data.clips import ClipSettings, open_shard, prepare_clips, read_index, save_shard, write_json
+from data.episode import ActionLayout
 from data.jobs import Progress
 from data.loader import make_loader
 from data.prepare import episode_splits, generate_source
@@ -213,7 +214,7 @@ def dynamics_model(config, work: Workdir) -> Dynamics:
         raise FileNotFoundError(f"{work.latents}/index.json has no latent_stats (written by an "
                                 "older version); run the 'latents' stage again "
                                 "(--config.stages=latents): it keeps the encoded shards.")
-    spec = settings.action_spec(config, index["plan"]["action"])
+    spec = settings.action_spec(config, ActionLayout.from_json(index["plan"]["action"]))
     return Dynamics(settings.dynamics_config(config, spec, index["latent_stats"]),
                     key=jax.random.key(config.seed + 2))
 
@@ -241,7 +242,8 @@ def dynamics_stage(config, work: Workdir, mesh) -> None:
     step = make_train_step(dynamics_loss_fn(config), make_optimizer(train_config),
                            static_argnames=("bootstrap_rows",))
     index = read_index(work.latents)
-    check_action_classes(work.latents, index, settings.action_spec(config, index["plan"]["action"]))
+    layout = ActionLayout.from_json(index["plan"]["action"])
+    check_action_classes(work.latents, index, settings.action_spec(config, layout))
     rows = round(train_config.bootstrap_fraction * train_config.batch)
     train("dynamics", work.root, new_dynamics_state(config, work), step,
           _loader(config, work.latents, train_config), train_config, mesh,

@@ -54,6 +54,26 @@ def test_action_encoders(spec, actions):
         ActionSpec("discrete", classes=(3, 4))
 
 
+def test_action_spec_from_a_data_layout():
+    """Continuous layouts keep their width (none at all: dim 1), discrete and multi-part ones
+    take one class count per part; a count per part that does not match names the parts."""
+    from data.episode import NO_ACTIONS, ActionLayout
+
+    assert ActionSpec.from_layout(ActionLayout("continuous", (7,))) == ActionSpec("continuous",
+                                                                                  dim=7)
+    assert ActionSpec.from_layout(NO_ACTIONS, (5,)) == ActionSpec("continuous", dim=1)
+    assert ActionSpec.from_layout(ActionLayout("discrete", ()), (15,)) == \
+        ActionSpec("discrete", classes=(15,))
+    assert ActionSpec.from_layout(ActionLayout("multipart", (3,)), [2, 2, 121]) == \
+        ActionSpec("multipart", classes=(2, 2, 121))
+    with pytest.raises(ValueError, match=r"multipart actions with 3 part\(s\).*got \(2, 2\)"):
+        ActionSpec.from_layout(ActionLayout("multipart", (3,)), (2, 2))
+    with pytest.raises(ValueError, match=r"discrete actions with 1 part\(s\).*got \(\)"):
+        ActionSpec.from_layout(ActionLayout("discrete", ()))
+    with pytest.raises(ValueError, match="classes >= 2"):
+        ActionSpec.from_layout(ActionLayout("discrete", ()), (1,))
+
+
 def test_sample_levels_grid():
     tau, d = objectives.sample_levels(jax.random.key(0), 8, 50, 16, bootstrap_rows=3)
     tau, d = np.asarray(tau), np.asarray(d)
