@@ -44,8 +44,9 @@ from core.timing import (
     write_rows_json,
 )
 from core.training import init_state, make_train_step
+from data import sources
 from data.clips import ClipSettings, prepare_clips
-from data.episode import ActionLayout, NoiseEpisode
+from data.episode import NOISE_ACTIONS, NoiseEpisode
 from data.loader import make_loader
 from dynamics import Dynamics
 from launch import settings
@@ -54,10 +55,6 @@ from launch.trainer import make_optimizer
 from tokenizer import Tokenizer, init_train_state, tokenizer_loss
 
 FLAGS = flags.FLAGS
-
-ACTION_LAYOUTS = {"sim": ("continuous", [7]), "calvin": ("continuous", [7]),
-                  "episodes": ("continuous", [7]), "coinrun": ("discrete", []),
-                  "craftax": ("discrete", []), "vpt": ("multipart", [24])}
 
 
 def peak_matmul(dtype, *, size: int, chain: int = 8, repeats: int = 5) -> float:
@@ -121,8 +118,9 @@ def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool) -> 
             jnp.asarray(rng.integers(0, 256, (batch, frames, height, width, 3), np.uint8)), {},
             batch * frames * 2 * per_frame,
             lambda m: [(m.encoder.transformer, per_frame), (m.decoder.transformer, per_frame)])
-    kind, shape = ACTION_LAYOUTS[config.data.format]
-    spec = settings.action_spec(config, ActionLayout(kind, tuple(shape)))
+    # The source's action layout (a folder of episodes has none of its own: the noise clips').
+    layout = sources.source(config.data.format).actions or NOISE_ACTIONS
+    spec = settings.action_spec(config, layout)
     c = settings.dynamics_config(config, spec)
     loss_fn = dynamics_loss_fn(config)
     data = {"latents": jnp.asarray(rng.normal(size=(batch, frames, c.latent_tokens,

@@ -6,15 +6,16 @@ Every check here runs before any stage starts, and every message names the confi
 
 import ml_collections
 
+from data import sources
 from data.episode import ActionLayout
+from data.sim_demos import SimSettings
+from data.sources import SourceOptions
 from dynamics import ActionSpec, DynamicsConfig
 from launch.evaluators import EVALUATORS
 from launch.trainer import OPTIMIZERS
 from tokenizer import TokenizerConfig
 
 STAGES = ("data", "tokenizer", "latents", "dynamics", "eval")
-DATA_FORMATS = ("sim", "calvin", "episodes", "vpt", "coinrun", "craftax")
-GENERATED = ("sim", "coinrun", "craftax")  # formats that can generate their data
 
 
 class ConfigError(ValueError):
@@ -63,24 +64,23 @@ def tokenizer_config(config) -> TokenizerConfig:
         raise ConfigError(f"config.tokenizer: {error}") from error
 
 
-def default_action_classes(config) -> tuple[int, ...]:
-    """Class counts of the built-in discrete / multi-part sources."""
-    if config.data.format == "coinrun":
-        from data.coinrun import COINRUN_ACTIONS
-        return (COINRUN_ACTIONS,)
-    if config.data.format == "craftax":
-        from data.craftax import CRAFTAX_ACTIONS
-        return (CRAFTAX_ACTIONS[config.data.craftax_classic],)
-    if config.data.format == "vpt":
-        from data.vpt import VPT_ACTION_CLASSES
-        return tuple(VPT_ACTION_CLASSES)
-    return ()
+def source_options(config) -> SourceOptions:
+    """The data source's settings from config.data (and the seed)."""
+    data = config.data
+    sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
+                      data.sim_render_size, config.seed, data.sim_frame_skip)
+    return SourceOptions(seed=config.seed, workers=data.workers,
+                         eval_fraction=data.eval_fraction, skip_bad=data.skip_bad, sim=sim,
+                         episodes=data.gen_episodes, max_length=data.gen_max_length,
+                         craftax_classic=data.craftax_classic,
+                         coinrun_levels=data.coinrun_levels)
 
 
 def action_spec(config, layout: ActionLayout) -> ActionSpec:
     """The model's action spec from the clips' action layout and, for discrete and multi-part
     actions, config.data.action_classes (or the source's default)."""
-    classes = tuple(config.data.action_classes) or default_action_classes(config)
+    classes = (tuple(config.data.action_classes)
+               or sources.source(config.data.format).action_classes(source_options(config)))
     try:
         return ActionSpec.from_layout(layout, classes)
     except ValueError as error:
@@ -107,10 +107,10 @@ def validate(config, device_count: int) -> None:
     """Every check that needs no data; raises ConfigError naming the field."""
     stages(config)
     evaluators(config)
-    if config.data.format not in DATA_FORMATS:
+    if config.data.format not in sources.NAMES:
         raise ConfigError(f"config.data.format: {config.data.format!r} is not one of "
-                          f"{DATA_FORMATS}.")
-    if config.data.format not in GENERATED and not config.data.path:
+                          f"{sources.NAMES} (data/sources.py).")
+    if config.data.format not in sources.GENERATED and not config.data.path:
         raise ConfigError(f"config.data.path: format {config.data.format!r} needs the dataset "
                           "folder (--config.data.path=...).")
     if config.data.sim_frame_skip < 1:

@@ -25,8 +25,7 @@ from data.clips import ClipSettings, open_shard, prepare_clips, read_index, save
 from data.episode import ActionLayout
 from data.jobs import Progress
 from data.loader import make_loader
-from data.prepare import episode_splits, generate_source
-from data.sim_demos import SimSettings
+from data.sources import source_splits
 from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
 from launch import settings
 from launch.trainer import make_optimizer, train
@@ -53,19 +52,9 @@ def data_stage(config, work: Workdir) -> None:
     then cuts clips at the configured size."""
     data = config.data
     path = data.path or work.source
-    sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
-                      data.sim_render_size, config.seed, data.sim_frame_skip)
     print(f"[data] source {data.format} at {path}", flush=True)
-    frame_size = generate_source(data.format, path, seed=config.seed, workers=data.workers,
-                                 sim=sim, episodes=data.gen_episodes,
-                                 max_length=data.gen_max_length,
-                                 craftax_classic=data.craftax_classic,
-                                 coinrun_levels=data.coinrun_levels)
     size = settings.image_size(config)
-    if data.format == "vpt":
-        frame_size = size  # decode at the clip size
-    splits = episode_splits(data.format, path, eval_fraction=data.eval_fraction, seed=config.seed,
-                            skip_bad=data.skip_bad, frame_size=frame_size)
+    splits = source_splits(data.format, path, settings.source_options(config), size)
     print(f"[data] clips -> {work.clips}", flush=True)
     index = prepare_clips(splits, work.clips, ClipSettings(data.clip_length, data.clip_stride,
                                                            size),

@@ -9,7 +9,7 @@ import pytest
 
 from data.coinrun import COINRUN_ACTIONS, CoinRunSettings, generate_coinrun
 from data.episode import ActionLayout, DataError, read_episode
-from data.prepare import episode_splits
+from data.sources import episode_splits
 
 
 def test_missing_procgen_names_the_install_command(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 
 from data.clips import ClipSettings, open_shard, prepare_clips
 from data.episode import DataError, SkippedDataWarning
-from data.prepare import episode_splits
+from data.sources import episode_splits
 from data.vpt import VPT_BUTTONS, camera_bins, camera_class, jsonl_actions, vpt_episodes
 
 av = pytest.importorskip("av")
