@@ -23,8 +23,12 @@ them. Shards pack consecutive clips of consecutive episodes, at most `clips_per_
 Preparation runs shards in parallel processes; each shard is written to a temporary folder and
 renamed into place, so a crash never leaves a partial shard, and re-running with the same plan
 skips finished shards (a different plan raises instead of mixing two datasets).
+
+Reading: `ClipStore(folder)` owns the layout (shards per split, clips by position or by
+`ClipId` (episode, start), the first clips of a split); nothing else walks the index's shards.
 """
 
+import bisect
 import dataclasses
 import functools
 import json
@@ -32,10 +36,17 @@ import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from data.episode import DataError, EpisodeRef, SkippedDataWarning, dataset_action_layout
+from data.episode import (
+    ActionLayout,
+    DataError,
+    EpisodeRef,
+    SkippedDataWarning,
+    dataset_action_layout,
+)
 from data.images import resize_frames
 from data.jobs import Progress, run_jobs
 
@@ -340,3 +351,135 @@ def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
         for key in SHARD_ARRAYS
         if os.path.exists(path := os.path.join(shard_dir, f"{key}.npy"))
     }
+
+
+class ClipId(NamedTuple):
+    """Where a clip comes from: its episode's name and its first frame in that episode."""
+
+    episode: str
+    start: int
+
+
+class ClipStore:
+    """A finished clip folder, or a folder in the same layout with other arrays (the launch's
+    latents stage writes latents instead of frames): the shards of each split, a clip by
+    (split, position), clip ids, the first clips of a split and clips by id.
+
+    `index`: use this index instead of reading the folder's (a folder still being written).
+    Positions count the clips of a split in shard order; ids are `ClipId`s from each shard's
+    clips.json, so two folders of the same clips pair up by id whatever their order.
+    """
+
+    def __init__(self, folder: str, index: dict | None = None):
+        self.folder = folder
+        self.index = read_index(folder) if index is None else index
+        self._offsets: dict[str, list[int]] = {}
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.index["shards"])
+
+    @property
+    def clip_length(self) -> int:
+        return self.index["plan"]["settings"]["length"]
+
+    @property
+    def action_layout(self) -> ActionLayout:
+        return ActionLayout.from_json(self.index["plan"]["action"])
+
+    def shards(self, split: str) -> list[tuple[str, int]]:
+        """(name, clip count) of the split's shards that hold clips, in order."""
+        if split not in self.index["shards"]:
+            raise DataError(f"{self.folder}: no split {split!r} (has "
+                            f"{sorted(self.index['shards'])}); prepare it")
+        return [(name, count) for name, count in self.index["shards"][split] if count > 0]
+
+    def shard_dir(self, split: str, name: str) -> str:
+        return os.path.join(self.folder, split, name)
+
+    def read_shard(self, split: str, name: str) -> dict[str, np.ndarray]:
+        """The shard's arrays, memory-mapped read-only."""
+        return open_shard(self.shard_dir(split, name))
+
+    def shard_clips(self, split: str, name: str) -> dict[str, list]:
+        """The shard's clips.json: {"episode": [...], "start": [...]}, one entry per clip."""
+        with open(os.path.join(self.shard_dir(split, name), "clips.json")) as f:
+            return json.load(f)
+
+    def shard_ids(self, split: str, name: str) -> list[ClipId]:
+        clips = self.shard_clips(split, name)
+        return [ClipId(e, int(s)) for e, s in zip(clips["episode"], clips["start"], strict=True)]
+
+    def count(self, split: str) -> int:
+        return sum(count for _, count in self.shards(split))
+
+    def ids(self, split: str) -> list[ClipId]:
+        """The ids of every clip of the split, by position."""
+        return [i for name, _ in self.shards(split) for i in self.shard_ids(split, name)]
+
+    def clip(self, split: str, position: int) -> dict[str, np.ndarray]:
+        """Clip `position` of the split: each array's row, [L, ...] (shards opened once and
+        kept memory-mapped)."""
+        shards = self.shards(split)
+        if split not in self._offsets:
+            self._offsets[split] = np.cumsum([0] + [n for _, n in shards]).tolist()
+        offsets = self._offsets[split]
+        if not 0 <= position < offsets[-1]:
+            raise IndexError(f"{self.folder}: split {split!r} has {offsets[-1]} clips, no clip "
+                             f"{position}")
+        shard = bisect.bisect_right(offsets, position) - 1
+        arrays = _cached_shard(self.shard_dir(split, shards[shard][0]))
+        return {key: value[position - offsets[shard]] for key, value in arrays.items()}
+
+    def first(self, split: str, count: int, length: int | None = None) -> dict[str, np.ndarray]:
+        """The first `count` clips of the split (fewer if it has fewer), each cut to its first
+        `length` frames (None: whole), as arrays [n, length, ...]."""
+        rows: dict[str, list] = {}
+        found = 0
+        for name, n in self.shards(split):
+            if found >= count:
+                break
+            for key, value in self.read_shard(split, name).items():
+                rows.setdefault(key, []).append(np.asarray(value[:, :length]))
+            found += n
+        if not rows:
+            raise DataError(f"{self.folder}: split {split!r} holds no clips; prepare the data "
+                            "with episodes in that split")
+        return {key: np.concatenate(value)[:count] for key, value in rows.items()}
+
+    def first_ids(self, split: str, count: int) -> list[ClipId]:
+        """The ids of the clips `first(split, count)` returns."""
+        ids = []
+        for name, _ in self.shards(split):
+            if len(ids) >= count:
+                break
+            ids += self.shard_ids(split, name)
+        return ids[:count]
+
+    def by_ids(self, split: str, ids: Sequence[ClipId], length: int | None = None
+               ) -> dict[str, np.ndarray]:
+        """The clips `ids` of the split in that order, each cut to `length` frames, as arrays
+        [len(ids), length, ...]; DataError naming the first id this folder does not hold."""
+        where = {}
+        for name, _ in self.shards(split):
+            for row, clip_id in enumerate(self.shard_ids(split, name)):
+                where[clip_id] = (name, row)
+        missing = [clip_id for clip_id in ids if clip_id not in where]
+        if missing:
+            raise DataError(f"{self.folder}: split {split!r} has no clip of episode "
+                            f"{missing[0].episode!r} starting at frame {missing[0].start} "
+                            f"({len(missing)} of the {len(ids)} clips asked for are missing)")
+        opened: dict[str, dict[str, np.ndarray]] = {}
+        rows: dict[str, list] = {}
+        for clip_id in ids:
+            name, row = where[clip_id]
+            if name not in opened:
+                opened[name] = self.read_shard(split, name)
+            for key, value in opened[name].items():
+                rows.setdefault(key, []).append(np.asarray(value[row, :length]))
+        return {key: np.stack(value) for key, value in rows.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_shard(shard_dir: str) -> dict[str, np.ndarray]:
+    return open_shard(shard_dir)

@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from core.training import init_state, make_train_step
-from data.clips import ClipSettings, open_shard, prepare_clips, read_index, save_shard, write_json
-from data.episode import ActionLayout
+from data.clips import ClipSettings, ClipStore, prepare_clips, save_shard, write_json
 from data.jobs import Progress
 from data.loader import make_loader
 from data.sources import source_splits
@@ -59,7 +58,8 @@ def data_stage(config, work: Workdir) -> None:
     index = prepare_clips(splits, work.clips, ClipSettings(data.clip_length, data.clip_stride,
                                                            size),
                           num_workers=data.workers, skip_bad=data.skip_bad)
-    counts = {split: sum(n for _, n in shards) for split, shards in index["shards"].items()}
+    store = ClipStore(work.clips, index=index)
+    counts = {split: store.count(split) for split in store.splits}
     print(f"[data] clips per split: {counts}", flush=True)
 
 
@@ -124,42 +124,39 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
 def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
                  progress: bool = True) -> None:
     """Writes `encode(frames)` of every clip shard as a latent shard with the same layout
-    (actions and has_action copied; shards already written are skipped), then the index with
-    the training latents' `latent_stats`."""
-    index = read_index(clips_dir)
-    shards = [(split, name) for split, listed in index["shards"].items() for name, n in listed
-              if n > 0]
+    (actions, has_action and clip ids copied; shards already written are skipped), then the
+    index with the training latents' `latent_stats`."""
+    clips = ClipStore(clips_dir)
+    latents_store = ClipStore(latents_dir, index=clips.index)
+    shards = [(split, name) for split in clips.splits for name, _ in clips.shards(split)]
     bar = Progress("[latents] encoding", len(shards), "shards")
     for split, name in shards:
-        final = os.path.join(latents_dir, split, name)
+        final = latents_store.shard_dir(split, name)
         if not os.path.isdir(final):
-            arrays = open_shard(os.path.join(clips_dir, split, name))
+            arrays = clips.read_shard(split, name)
             frames = arrays["frames"]
             latents = np.concatenate([np.asarray(encode(jnp.asarray(frames[i:i + batch])))
                                       for i in range(0, len(frames), batch)])
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            with open(os.path.join(clips_dir, split, name, "clips.json")) as f:
-                clips = json.load(f)
             save_shard(final, {"latents": latents.astype(np.float32),
                                "actions": np.asarray(arrays["actions"]),
-                               "has_action": np.asarray(arrays["has_action"])}, clips)
+                               "has_action": np.asarray(arrays["has_action"])},
+                       clips.shard_clips(split, name))
         if progress:
             bar.update()
-    index["latent_stats"] = latent_stats(latents_dir, [name for split, name in shards
-                                                       if split == "train"])
+    index = dict(clips.index, latent_stats=latent_stats(latents_store))
     write_json(os.path.join(latents_dir, "index.json"), index)
 
 
-def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int = 64
-                 ) -> dict[str, float]:
+def latent_stats(latents: ClipStore, *, max_shards: int = 64) -> dict[str, float]:
     """{"mean", "std"} over every value of the first `max_shards` training latent shards
     (float64 sums, one shard in memory at a time): the dynamics model standardises with them."""
+    train_shards = latents.shards("train") if "train" in latents.splits else []
     if not train_shards:
-        raise ValueError(f"{latents_dir}: no training clips to take latent statistics from.")
+        raise ValueError(f"{latents.folder}: no training clips to take latent statistics from.")
     count = total = squares = 0.0
-    for name in train_shards[:max_shards]:
-        values = np.asarray(open_shard(os.path.join(latents_dir, "train", name))["latents"],
-                            np.float64)
+    for name, _ in train_shards[:max_shards]:
+        values = np.asarray(latents.read_shard("train", name)["latents"], np.float64)
         count += values.size
         total += values.sum()
         squares += np.square(values).sum()
@@ -168,24 +165,22 @@ def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int =
     return {"mean": float(mean), "std": float(max(std, 1e-6))}
 
 
-def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> None:
+def check_action_classes(latents: ClipStore, spec: ActionSpec) -> None:
     """Raises ConfigError if a known discrete / multi-part action of any latent shard lies
     outside 0 .. classes - 1 of its part (the embedding lookup would silently clamp it)."""
     if spec.kind == "continuous":
         return
     classes = np.asarray(spec.classes)
-    for split, listed in index["shards"].items():
-        for name, count in listed:
-            if count == 0:
-                continue
-            shard = open_shard(os.path.join(latents_dir, split, name))
+    for split in latents.splits:
+        for name, _ in latents.shards(split):
+            shard = latents.read_shard(split, name)
             known = np.asarray(shard["has_action"]).reshape(-1)
             actions = np.asarray(shard["actions"]).reshape(known.size, len(classes))[known]
             if not actions.size:
                 continue
-            where = (f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
-                     f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} "
-                     f"(per part)")
+            where = (f"config.data.action_classes: {split}/{name} in {latents.folder} has "
+                     f"actions from {actions.min(axis=0).tolist()} to "
+                     f"{actions.max(axis=0).tolist()} (per part)")
             if actions.min() < 0:
                 raise settings.ConfigError(
                     f"{where}; actions must be 0 .. classes - 1: map negative ones (e.g. a -1 "
@@ -198,13 +193,13 @@ def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> Non
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:
-    index = read_index(work.latents)
-    if "latent_stats" not in index:
+    latents = ClipStore(work.latents)
+    if "latent_stats" not in latents.index:
         raise FileNotFoundError(f"{work.latents}/index.json has no latent_stats (written by an "
                                 "older version); run the 'latents' stage again "
                                 "(--config.stages=latents): it keeps the encoded shards.")
-    spec = settings.action_spec(config, ActionLayout.from_json(index["plan"]["action"]))
-    return Dynamics(settings.dynamics_config(config, spec, index["latent_stats"]),
+    spec = settings.action_spec(config, latents.action_layout)
+    return Dynamics(settings.dynamics_config(config, spec, latents.index["latent_stats"]),
                     key=jax.random.key(config.seed + 2))
 
 
@@ -230,9 +225,8 @@ def dynamics_stage(config, work: Workdir, mesh) -> None:
     train_config = config.train.dynamics
     step = make_train_step(dynamics_loss_fn(config), make_optimizer(train_config),
                            static_argnames=("bootstrap_rows",))
-    index = read_index(work.latents)
-    layout = ActionLayout.from_json(index["plan"]["action"])
-    check_action_classes(work.latents, index, settings.action_spec(config, layout))
+    latents = ClipStore(work.latents)
+    check_action_classes(latents, settings.action_spec(config, latents.action_layout))
     rows = round(train_config.bootstrap_fraction * train_config.batch)
     train("dynamics", work.root, new_dynamics_state(config, work), step,
           _loader(config, work.latents, train_config), train_config, mesh,
