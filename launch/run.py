@@ -1,4 +1,5 @@
-"""The main job: data -> tokenizer -> latents -> dynamics -> eval, each stage resumable.
+"""The main job: the stages of launch/pipeline.py (data -> tokenizer -> latents -> dynamics ->
+eval), each resumable.
 
     python launch/run.py --config=configs/calvin.py [--workdir=runs/calvin]
     python launch/run.py --config=configs/calvin.py:small --config.stages=dynamics,eval
@@ -18,16 +19,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from data.episode import DataError
-from launch import settings
+from launch import pipeline, settings
 from launch.distributed import make_mesh
-from launch.evaluate import eval_stage
-from launch.stages import (
-    Workdir,
-    data_stage,
-    dynamics_stage,
-    latents_stage,
-    tokenizer_stage,
-)
+from launch.stages import Workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
                                           lock_config=True)
@@ -40,7 +34,7 @@ def run(config, workdir: str) -> None:
     print(f"[run] {config.name}:{config.variant} ({config.variant_reason}); workdir {workdir}; "
           f"{jax.device_count()} {jax.default_backend()} device(s)", flush=True)
     try:
-        settings.validate(config, jax.device_count())
+        stages = pipeline.validate(config, jax.device_count())
         mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     except ValueError as error:
         raise SystemExit(f"config error: {error}") from None
@@ -48,20 +42,13 @@ def run(config, workdir: str) -> None:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=1))
-    stage_fns = {
-        "data": lambda: data_stage(config, work),
-        "tokenizer": lambda: tokenizer_stage(config, work, mesh),
-        "latents": lambda: latents_stage(config, work, mesh),
-        "dynamics": lambda: dynamics_stage(config, work, mesh),
-        "eval": lambda: eval_stage(config, work, mesh),
-    }
     timings = {}
-    for stage in settings.stages(config):
+    for stage in stages:
         start = time.perf_counter()
-        print(f"[run] stage {stage}", flush=True)
-        stage_fns[stage]()
-        timings[stage] = round(time.perf_counter() - start, 1)
-        print(f"[run] stage {stage} done in {timings[stage]:.0f}s", flush=True)
+        print(f"[run] stage {stage.name}", flush=True)
+        stage.run(config, work, mesh)
+        timings[stage.name] = round(time.perf_counter() - start, 1)
+        print(f"[run] stage {stage.name} done in {timings[stage.name]:.0f}s", flush=True)
     timings["total"] = round(time.perf_counter() - started, 1)
     with open(os.path.join(workdir, "timings.json"), "w") as f:
         json.dump(timings, f, indent=1)

@@ -1,7 +1,8 @@
 """Turns the ml_collections config into validated component configs; fails early and by name.
 
-Every check here runs before any stage starts, and every message names the config field
-(`config.<section>.<field>`) and what would fix it.
+Every message names the config field (`config.<section>.<field>`) and what would fix it. The
+checks of each stage (`validate_<stage>`) are entries of the stage registry (launch/pipeline.py),
+which runs all of them before any stage starts.
 """
 
 import ml_collections
@@ -15,8 +16,6 @@ from launch.evaluators import EVALUATORS
 from launch.trainer import OPTIMIZERS
 from tokenizer import TokenizerConfig
 
-STAGES = ("data", "tokenizer", "latents", "dynamics", "eval")
-
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
@@ -25,15 +24,6 @@ class ConfigError(ValueError):
 def _fields(section: ml_collections.ConfigDict, drop: tuple[str, ...] = ()) -> dict:
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in section.items()
             if k not in drop}
-
-
-def stages(config) -> list[str]:
-    names = [s.strip() for s in config.stages.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STAGES]
-    if unknown or not names:
-        raise ConfigError(f"config.stages: unknown or no stages {unknown or names}; use a comma "
-                          f"list of {STAGES}.")
-    return names
 
 
 def evaluators(config) -> list[str]:
@@ -103,10 +93,12 @@ def dynamics_config(config, action: ActionSpec, latent_stats: dict | None = None
         raise ConfigError(f"config.dynamics: {error}") from error
 
 
-def validate(config, device_count: int) -> None:
-    """Every check that needs no data; raises ConfigError naming the field."""
-    stages(config)
-    evaluators(config)
+# The checks of each stage (launch/pipeline.py runs them all before any stage starts); each
+# raises ConfigError naming the field.
+
+
+def validate_data(config, device_count: int) -> None:
+    del device_count
     if config.data.format not in sources.NAMES:
         raise ConfigError(f"config.data.format: {config.data.format!r} is not one of "
                           f"{sources.NAMES} (data/sources.py).")
@@ -119,22 +111,44 @@ def validate(config, device_count: int) -> None:
     if config.data.coinrun_levels < 0:
         raise ConfigError(f"config.data.coinrun_levels must be >= 0 (0: a new level per "
                           f"episode), got {config.data.coinrun_levels}.")
-    tokenizer_config(config)
-    dynamics_config(config, ActionSpec("continuous", dim=1))  # the action comes with the data
+
+
+def validate_training(config, stage: str, device_count: int) -> None:
+    """config.train.<stage>: batch per device, sequence lengths within the clips, optimizer."""
     clip = config.data.clip_length
-    for stage in ("tokenizer", "dynamics"):
-        train = config.train[stage]
-        if train.batch % device_count:
-            raise ConfigError(f"config.train.{stage}.batch ({train.batch}) must be a multiple of "
-                              f"the {device_count} devices.")
-        if not train.seq_lengths or max(train.seq_lengths) > clip or min(train.seq_lengths) < 1:
-            raise ConfigError(f"config.train.{stage}.seq_lengths {tuple(train.seq_lengths)} must "
-                              f"lie in 1..config.data.clip_length ({clip}).")
-        if train.steps < 1 or train.lr <= 0 or train.muon_lr <= 0:
-            raise ConfigError(f"config.train.{stage}: steps, lr and muon_lr must be positive.")
-        if train.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"config.train.{stage}.optimizer must be one of {OPTIMIZERS}, got "
-                              f"{train.optimizer!r}.")
+    train = config.train[stage]
+    if train.batch % device_count:
+        raise ConfigError(f"config.train.{stage}.batch ({train.batch}) must be a multiple of "
+                          f"the {device_count} devices.")
+    if not train.seq_lengths or max(train.seq_lengths) > clip or min(train.seq_lengths) < 1:
+        raise ConfigError(f"config.train.{stage}.seq_lengths {tuple(train.seq_lengths)} must "
+                          f"lie in 1..config.data.clip_length ({clip}).")
+    if train.steps < 1 or train.lr <= 0 or train.muon_lr <= 0:
+        raise ConfigError(f"config.train.{stage}: steps, lr and muon_lr must be positive.")
+    if train.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"config.train.{stage}.optimizer must be one of {OPTIMIZERS}, got "
+                          f"{train.optimizer!r}.")
+
+
+def validate_tokenizer(config, device_count: int) -> None:
+    tokenizer_config(config)
+    validate_training(config, "tokenizer", device_count)
+
+
+def validate_latents(config, device_count: int) -> None:
+    del device_count
+    tokenizer_config(config)
+
+
+def validate_dynamics(config, device_count: int) -> None:
+    dynamics_config(config, ActionSpec("continuous", dim=1))  # the action comes with the data
+    validate_training(config, "dynamics", device_count)
+
+
+def validate_eval(config, device_count: int) -> None:
+    del device_count
+    evaluators(config)
+    clip = config.data.clip_length
     needed = config.eval.context_frames + config.eval.horizon
     if needed > clip:
         raise ConfigError(f"config.eval: context_frames + horizon ({needed}) exceeds "

@@ -22,7 +22,7 @@ from core import Linear
 from core.training import init_state, make_train_step
 from data.clips import ClipStore, save_shard
 from dynamics import ActionSpec
-from launch import settings
+from launch import pipeline, settings
 from launch.distributed import make_mesh
 from launch.run import run
 from launch.stages import check_action_classes
@@ -323,7 +323,7 @@ def test_invalid_config_fails_naming_the_field(field, value, message):
     section, _, name = field.rpartition(".")
     (config if not section else eval(f"config.{section}"))[name] = value
     with pytest.raises(settings.ConfigError, match=message.replace(".", r"\.")):
-        settings.validate(config, device_count=2)
+        pipeline.validate(config, device_count=2)
 
 
 def test_variant_choice():
