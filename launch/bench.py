@@ -49,6 +49,7 @@ from data.clips import ClipSettings, prepare_clips
 from data.episode import NOISE_ACTIONS, NoiseEpisode
 from data.loader import make_loader
 from dynamics import Dynamics
+from dynamics.train import make_train_step as make_dynamics_step
 from launch import settings
 from launch.stages import dynamics_loss_fn, encode_clips
 from launch.trainer import make_optimizer
@@ -128,7 +129,7 @@ def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool) -> 
             "actions": jnp.asarray(action_batch(spec, batch, frames, rng)),
             "has_action": jnp.ones((batch, frames), bool)}
     return StageSetup(
-        make_train_step(loss_fn, optimizer, static_argnames=("bootstrap_rows",)), loss_fn,
+        make_dynamics_step(optimizer, loss_fn), loss_fn,
         lambda: init_state(Dynamics(c, key=jax.random.key(0)), optimizer), data,
         {"bootstrap_rows": round(train.bootstrap_fraction * batch)},
         batch * frames * c.tokens_per_frame, lambda m: [(m.transformer, c.tokens_per_frame)])

@@ -20,12 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core.training import init_state, make_train_step
+from core.training import init_state
 from data.clips import ClipSettings, ClipStore, prepare_clips, save_shard, write_json
 from data.jobs import Progress
 from data.loader import make_loader
 from data.sources import source_splits
-from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
+from dynamics import ActionSpec, Dynamics
+from dynamics import train as dynamics_train
 from launch import settings
 from launch.trainer import make_optimizer, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
@@ -204,17 +205,11 @@ def dynamics_model(config, work: Workdir) -> Dynamics:
 
 
 def dynamics_loss_fn(config):
+    """The dynamics loss over dataset batches (`dynamics.train`) at config.train.dynamics'
+    objective settings."""
     train = config.train.dynamics
-
-    def loss_fn(model, loss_state, step, batch, *, key, bootstrap_rows):
-        actions, has_action = align_actions(batch["actions"], batch["has_action"])
-        loss, metrics = dynamics_loss(
-            model, batch["latents"], actions, has_action, key=key, objective=train.objective,
-            bootstrap_rows=bootstrap_rows, mean_fraction=train.mean_fraction,
-            image_fraction=train.image_fraction)
-        return loss, (metrics, loss_state)
-
-    return loss_fn
+    return dynamics_train.loss_fn(objective=train.objective, mean_fraction=train.mean_fraction,
+                                  image_fraction=train.image_fraction)
 
 
 def new_dynamics_state(config, work: Workdir):
@@ -223,8 +218,7 @@ def new_dynamics_state(config, work: Workdir):
 
 def dynamics_stage(config, work: Workdir, mesh) -> None:
     train_config = config.train.dynamics
-    step = make_train_step(dynamics_loss_fn(config), make_optimizer(train_config),
-                           static_argnames=("bootstrap_rows",))
+    step = dynamics_train.make_train_step(make_optimizer(train_config), dynamics_loss_fn(config))
     latents = ClipStore(work.latents)
     check_action_classes(latents, settings.action_spec(config, latents.action_layout))
     rows = round(train_config.bootstrap_fraction * train_config.batch)

@@ -243,14 +243,15 @@ SHARDED = textwrap.dedent("""
     from launch.distributed import make_mesh, process_batch, shard_state, state_shardings
     from launch.stages import dynamics_loss_fn
     from launch.trainer import make_optimizer
-    from core.training import init_state, make_train_step
+    from core.training import init_state
     from dynamics import Dynamics
+    from dynamics.train import make_train_step
     config = calvin.get_config("tiny")
     config.dynamics.width = 64  # an fsdp-divisible width
     spec = ActionSpec("continuous", dim=7)
     model = Dynamics(settings.dynamics_config(config, spec), key=jax.random.key(0))
     optimizer = make_optimizer(config.train.dynamics)
-    step = make_train_step(dynamics_loss_fn(config), optimizer, static_argnames=("bootstrap_rows",))
+    step = make_train_step(optimizer, dynamics_loss_fn(config))
     rng = np.random.default_rng(0)
     batch = {"latents": np.tanh(rng.normal(size=(8, 6, 4, 8))).astype(np.float32),
              "actions": rng.normal(size=(8, 6, 7)).astype(np.float32),
