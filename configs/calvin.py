@@ -9,13 +9,12 @@ full: 96x96 frames (from 200x200), patch 16, 32 latents x 32; tokenizer encoder 
 every 3), decoder 512/4/8 (time every 2); dynamics 768 wide, 8 blocks, 12 heads, time every 4,
 4 registers, K_max 128; sequences of 96 with short batches of 24; AdamW 3e-4 (b 0.9/0.9, wd
 1e-4) with warmup-stable-decay; bootstrap after 5k steps. These are the sizes known to train on
-CALVIN (shared/docs/lessons.md). Peak training memory, estimated from shapes: 3.6 GiB
+CALVIN. Peak training memory, estimated from shapes: 3.6 GiB
 (tokenizer), 13.4 GiB (dynamics, 96 frames) (`python -m launch.bench --floors`; not yet
 measured on a GPU, BENCHMARKS.md).
 small: 48x48 frames, a few minutes per stage on 2 CPU cores; the simulator records 96 training
 episodes at 10 Hz (`sim_frame_skip=3`), so the 16-step evaluation horizon spans 1.6 s of arm
-motion; dynamics 1000 steps at learning rate 2e-3 (at 1e-3 the margins over copy-last were
-smaller: BENCHMARKS.md).
+motion; dynamics 1000 steps at learning rate 2e-3 (its margins over copy-last: BENCHMARKS.md).
 tiny: seconds per stage, for tests.
 """
 

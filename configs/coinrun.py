@@ -6,18 +6,18 @@ imageio cloudpickle` (see BUILD.md); the data stage says so if it is missing.
     python launch/run.py --config=configs/coinrun.py          # full on a GPU, small on a CPU
     python launch/run.py --config=configs/coinrun.py:small
 
-full: the sizes known to train on CoinRun (shared/docs/lessons.md): patch 16, 16 latents x 32;
+full: the sizes known to train on CoinRun: patch 16, 16 latents x 32;
 tokenizer encoder and decoder 512 wide, 4 blocks, 8 heads, time every 4; dynamics 768 wide, 12
 blocks, 12 heads, time every 4, 4 registers, K_max 128; sequences of 64; 10k episodes of up to
-1000 steps. The reference used Muon; this config uses AdamW 3e-4 (Muon, not measured here:
+1000 steps; AdamW 3e-4 (Muon is an option, not measured here:
 `--config.train.dynamics.optimizer=muon --config.train.dynamics.muon_lr=0.02`). Peak training
 memory, estimated from shapes: 3.9 GiB (tokenizer), 6.3 GiB (dynamics); not yet measured on a GPU.
 small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling through 4 levels
 (`data.coinrun_levels`; held-out episodes replay those levels with other random actions: a model
 trained for minutes on 2 CPU cores cannot generalise to unseen level themes); dynamics 4000 steps
-at learning rate 2e-3, as every small variant (at 1e-3 one of four level pools missed the quality
-bar, at 2000 steps two, at 1000 seed 1 did); evaluated on 48 held-out rollouts; about 26 minutes
-in all (BENCHMARKS.md). tiny: for tests.
+at learning rate 2e-3, as every small variant (with these, all four measured level pools meet the
+quality bar); evaluated on 48 held-out rollouts; about 26 minutes in all (BENCHMARKS.md).
+tiny: for tests.
 """
 
 from configs.common import base_config, choose_variant, small_cpu_sizes, tiny_test_sizes

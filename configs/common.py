@@ -32,7 +32,8 @@ from tokenizer import TokenizerConfig
 VARIANTS = ("full", "small", "tiny")
 # Model config fields that come from the data (launch/settings.py fills them in), not the config.
 TOKENIZER_FROM_DATA = ("image_size",)
-DYNAMICS_FROM_DATA = ("latent_tokens", "latent_dim", "action", "latent_mean", "latent_std")
+DYNAMICS_FROM_DATA = ("latent_tokens", "latent_dim", "action", "latent_mean", "latent_std",
+                      "action_mean", "action_std")
 
 
 def choose_variant(variant: str | None) -> tuple[str, str]:

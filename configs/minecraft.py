@@ -12,7 +12,7 @@ config.data.action_classes is set. Craftax needs `pip install -e ".[craftax]"`, 
 full: 224x384 frames (VPT resized), patch 16 (336 patches), 128 latents x 16 packed by 2 into
 64 spatial tokens of 32; tokenizer 768 wide, 8 blocks each; dynamics 1024 wide, 16 blocks, 16
 heads with 4 KV heads, time every 4, 8 registers, K_max 64; 64-frame clips, short/long batches of
-16/64. This is the seed's VPT recipe scaled to one GPU (peak training memory estimated from shapes:
+16/64. Sized for one GPU (peak training memory estimated from shapes:
 14.8 GiB tokenizer, 16.3 GiB dynamics at 64 frames); it has not been trained or run on a GPU here.
 small: Craftax-Classic at 64x64, a few minutes per stage on 2 CPU cores. tiny: for tests.
 """

@@ -50,8 +50,8 @@ class CoinRunSettings:
                              f"{self.levels}.")
 
     def recorded(self) -> dict:
-        """What `coinrun.json` records; `levels` only when set, so folders generated before the
-        option existed (one level per episode) still resume."""
+        """What `coinrun.json` records; `levels` only when set, so a folder whose record has no
+        `levels` (one level per episode) resumes with `levels=0`."""
         fields = dataclasses.asdict(self)
         if not self.levels:
             del fields["levels"]

@@ -1,6 +1,6 @@
 """The command line that turns any source (`data/sources.py`) into clips.
 
-    python -m data.prepare --format=sim --path=/tmp/sim_calvin --out=/tmp/clips \
+    python -m data.prepare --format=sim --path=runs/sim_calvin --out=runs/clips \
         --length=16 --stride=8 --image_size=64 --workers=2
 
 `--format`: `calvin` (a CALVIN root: training/ and, if present, validation/ as the eval split),

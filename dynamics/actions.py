@@ -11,7 +11,10 @@ Action kinds:
 - "discrete": int32 [...] with `classes[0]` values (CoinRun: 15), embedding lookup;
 - "multipart": int32 [..., parts], part p taking `classes[p]` values (Minecraft: binary keys and
   buttons plus 121 camera classes), one embedding per part, summed.
-The encoding of an action is added to a learned base embedding.
+The encoding of an action is added to a learned base embedding. Continuous actions are first
+standardised per dimension with the training data's statistics when the model has them
+(`DynamicsConfig.action_mean` / `action_std`), so that an action's scale in its dataset (metres,
+radians, raw torques) does not decide how loudly it speaks.
 """
 
 import dataclasses
@@ -93,9 +96,12 @@ class ActionEncoder(eqx.Module):
     parts: tuple[Embedding, ...]
     spec: ActionSpec = eqx.field(static=True)
     tokens: int = eqx.field(static=True)
+    mean: tuple[float, ...] = eqx.field(static=True)
+    std: tuple[float, ...] = eqx.field(static=True)
 
     def __init__(self, spec: ActionSpec, width: int, *, tokens: int = 1,
-                 compute_dtype: str = "float32", key: PRNGKeyArray):
+                 compute_dtype: str = "float32", mean: tuple[float, ...] = (),
+                 std: tuple[float, ...] = (), key: PRNGKeyArray):
         kb, kn, kc, kp = jax.random.split(key, 4)
         self.base = 0.02 * jax.random.normal(kb, (tokens, width))
         self.no_action = 0.02 * jax.random.normal(kn, (tokens, width))
@@ -106,6 +112,7 @@ class ActionEncoder(eqx.Module):
                            for n, k in zip(spec.classes, jax.random.split(kp, len(spec.classes)),
                                            strict=True))
         self.spec, self.tokens = spec, tokens
+        self.mean, self.std = tuple(mean), tuple(std)
 
     def __call__(
         self,
@@ -114,7 +121,10 @@ class ActionEncoder(eqx.Module):
     ) -> Float[Array, "batch time tokens width"]:
         batch, time = has_action.shape
         if self.continuous is not None:
-            code = self.continuous(actions.astype(jnp.float32))
+            actions = actions.astype(jnp.float32)
+            if self.mean:
+                actions = (actions - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+            code = self.continuous(actions)
         else:
             parts = actions[..., None] if self.spec.kind == "discrete" else actions
             code = sum(emb(parts[..., p]) for p, emb in enumerate(self.parts))

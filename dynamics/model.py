@@ -60,6 +60,8 @@ class DynamicsConfig:
     backend: str = "auto"
     latent_mean: float = 0.0
     latent_std: float = 1.0
+    action_mean: tuple[float, ...] = ()  # continuous actions: per-dimension statistics of the
+    action_std: tuple[float, ...] = ()   # training data (empty: actions are used as they come)
 
     def __post_init__(self):
         if self.latent_tokens % self.pack:
@@ -74,6 +76,15 @@ class DynamicsConfig:
                              "dynamics.agent_tokens >= 0.")
         if not self.latent_std > 0:
             raise ValueError(f"dynamics latent_std must be positive, got {self.latent_std}.")
+        for name in ("action_mean", "action_std"):
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if self.action_mean or self.action_std:
+            want = self.action.dim if self.action.kind == "continuous" else 0
+            if not len(self.action_mean) == len(self.action_std) == want or \
+                    min(self.action_std) <= 0:
+                raise ValueError(f"dynamics action_mean / action_std need one value per "
+                                 f"continuous action dimension ({want}) and std > 0, got "
+                                 f"{self.action_mean} / {self.action_std}.")
         check_compute_dtype(self.compute_dtype)
         check_backend(self.backend)
 
@@ -134,7 +145,8 @@ class Dynamics(eqx.Module):
         c = config
         keys = jax.random.split(key, 7)
         self.actions = ActionEncoder(c.action, c.width, tokens=c.action_tokens,
-                                     compute_dtype=c.compute_dtype, key=keys[0])
+                                     compute_dtype=c.compute_dtype, mean=c.action_mean,
+                                     std=c.action_std, key=keys[0])
         self.tau_embed = LevelEmbedding(c.k_max + 1, c.width // 2, key=keys[1])
         self.step_embed = LevelEmbedding(2 + int(math.log2(c.k_max)), c.width // 2, key=keys[2])
         packed = c.pack * c.latent_dim

@@ -149,21 +149,49 @@ def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
     write_json(os.path.join(latents_dir, "index.json"), index)
 
 
-def latent_stats(latents: ClipStore, *, max_shards: int = 64) -> dict[str, float]:
+def latent_stats(latents: ClipStore, *, max_shards: int = 64) -> dict:
     """{"mean", "std"} over every value of the first `max_shards` training latent shards
-    (float64 sums, one shard in memory at a time): the dynamics model standardises with them."""
+    (float64 sums, one shard in memory at a time): the dynamics model standardises with them.
+    With continuous actions also "action_mean" / "action_std", per action dimension over the
+    known actions of the same shards (a dimension that never varies gets std 1)."""
     train_shards = latents.shards("train") if "train" in latents.splits else []
     if not train_shards:
         raise ValueError(f"{latents.folder}: no training clips to take latent statistics from.")
     count = total = squares = 0.0
+    actions = Moments()
     for name, _ in train_shards[:max_shards]:
-        values = np.asarray(latents.read_shard("train", name)["latents"], np.float64)
+        shard = latents.read_shard("train", name)
+        values = np.asarray(shard["latents"], np.float64)
         count += values.size
         total += values.sum()
         squares += np.square(values).sum()
+        action = np.asarray(shard["actions"])
+        if action.dtype.kind == "f" and action.ndim == 3:
+            actions.add(action[np.asarray(shard["has_action"])].astype(np.float64))
     mean = total / count
     std = np.sqrt(max(squares / count - mean**2, 0.0))
-    return {"mean": float(mean), "std": float(max(std, 1e-6))}
+    stats = {"mean": float(mean), "std": float(max(std, 1e-6))}
+    if actions.count > 1:
+        action_mean, action_std = actions.mean_std()
+        stats["action_mean"] = action_mean.tolist()
+        stats["action_std"] = np.where(action_std > 1e-6, action_std, 1.0).tolist()
+    return stats
+
+
+class Moments:
+    """Running per-column count, sum and sum of squares of [n, d] float64 rows."""
+
+    def __init__(self):
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+
+    def add(self, rows: np.ndarray) -> None:
+        self.count += len(rows)
+        self.total = self.total + rows.sum(axis=0)
+        self.squares = self.squares + np.square(rows).sum(axis=0)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = self.total / self.count
+        return mean, np.sqrt(np.maximum(self.squares / self.count - mean**2, 0.0))
 
 
 def check_action_classes(latents: ClipStore, spec: ActionSpec) -> None:

@@ -6,3 +6,20 @@ import jax
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A workdir with the tiny CALVIN config trained through data, tokenizer, latents and
+    dynamics (about a minute on 2 cores), shared by the tests that need a trained world model."""
+    from configs import calvin
+    from launch.run import run
+
+    workdir = str(tmp_path_factory.mktemp("tiny_run"))
+    config = calvin.get_config("tiny")
+    config.stages = "data,tokenizer,latents,dynamics"
+    run(config, workdir)
+    return workdir

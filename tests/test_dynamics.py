@@ -75,6 +75,19 @@ def test_action_spec_from_a_data_layout():
         ActionSpec.from_layout(ActionLayout("discrete", ()), (1,))
 
 
+def test_continuous_actions_are_standardised_per_dimension():
+    """An encoder with the data's (mean, std) equals the plain encoder on (a - mean) / std."""
+    spec, mean, std = ActionSpec("continuous", dim=3), (0.5, -1.0, 0.0), (2.0, 0.25, 1.0)
+    plain = ActionEncoder(spec, 8, key=jax.random.key(0))
+    scaled = ActionEncoder(spec, 8, mean=mean, std=std, key=jax.random.key(0))
+    actions = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 3)), jnp.float32)
+    has = jnp.ones((2, 4), bool)
+    want = plain((actions - jnp.asarray(mean)) / jnp.asarray(std), has)
+    np.testing.assert_allclose(scaled(actions, has), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="one value per continuous action dimension"):
+        _model(action_mean=(0.0,), action_std=(1.0,))
+
+
 def test_sample_levels_grid():
     tau, d = objectives.sample_levels(jax.random.key(0), 8, 50, 16, bootstrap_rows=3)
     tau, d = np.asarray(tau), np.asarray(d)

@@ -79,6 +79,13 @@ def test_every_stage_end_to_end(tmp_path):
     values = np.concatenate([np.load(shard / "latents.npy").ravel() for shard in train.iterdir()])
     np.testing.assert_allclose([stats["mean"], stats["std"]], [values.mean(), values.std()],
                                rtol=1e-4)
+    known = [(np.load(s / "actions.npy"), np.load(s / "has_action.npy")) for s in train.iterdir()]
+    actions = np.concatenate([a[h] for a, h in known]).astype(np.float64)
+    np.testing.assert_allclose(stats["action_mean"], actions.mean(0), rtol=1e-4, atol=1e-6)
+    std = actions.std(0)
+    np.testing.assert_allclose(stats["action_std"], np.where(std > 1e-6, std, 1.0), rtol=1e-4)
+    saved = json.loads((tmp_path / "models" / "dynamics" / "header.json").read_text())["config"]
+    assert saved["action_std"] == stats["action_std"]
     before = os.path.getmtime(tmp_path / "latents" / "index.json")
     config.stages = "data,tokenizer,latents,dynamics"
     run(config, str(tmp_path))

@@ -1,7 +1,7 @@
 """Tokenizer loss with running-RMS normalisation, on the shared `core.training` train step.
 
 Loss terms per batch: "mse" (pixel MSE of the reconstruction from MAE-masked input) and, when a
-`PerceptualNet` is given, "perceptual" (its mean distance). Spec ambiguity 7 is resolved as: each
+`PerceptualNet` is given, "perceptual" (its mean distance). Normalisation: each
 term L_k keeps an EMA of L_k^2 (decay `config.rms_decay`, zero start, Adam-style bias correction
 by 1 - decay^step, updated with the current batch before use); the optimised loss is
 sum_k w_k * L_k / sqrt(EMA_k), with w = 1 for "mse" and `config.perceptual_weight` for
