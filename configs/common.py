@@ -16,8 +16,9 @@ Fields (every size lives here, none in code):
   log / checkpoint intervals; `optimizer` is "adamw" or "muon" (Muon at `muon_lr` on the
   transformer blocks' matrices, AdamW at `lr` on the rest); the dynamics stage also has the
   bootstrap and image settings;
-- eval: rollout context, horizon, sampling steps, number of rollouts, videos, and
-  `evaluators` (a comma list of names in launch/evaluators.py);
+- eval: rollout context, horizon, sampling steps, number of rollouts, videos, `evaluators` (a
+  comma list of names in launch/evaluators.py; `probe` gives no keys for sources without
+  states), and the state probe's palette size `probe_colours` and `probe_fit_frames`;
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.
 """
 
@@ -100,7 +101,8 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     ))
     config.eval = ml_collections.ConfigDict(dict(
         context_frames=8, horizon=16, sampling_steps=4, context_signal=0.9, rollouts=16,
-        batch=8, videos=4, speed_frames=16, evaluators="tokenizer,rollout,speed",
+        batch=8, videos=4, speed_frames=16, evaluators="tokenizer,rollout,probe,speed",
+        probe_colours=16, probe_fit_frames=4096,
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return config

@@ -6,6 +6,11 @@ contiguous segments. Each segment is one episode. Per frame we read `rgb_static`
 200x200x3) as the frame and `rel_actions` (7-D: position change / 0.02 m and euler change /
 0.05 rad clipped to [-1, 1], gripper +-1; float64 in real files) as the continuous action taken
 after that frame. Language annotations (`lang_annotations/auto_lang_ann.npy`) are optional.
+
+States: when the frame files hold `robot_obs` (15 values, the first three the tool centre point's
+xyz in metres) and `scene_obs` (24: six articulated parts, then xyz and euler of the red, blue and
+pink blocks), each frame's state is float32 [12]: tcp xyz, red xyz, blue xyz, pink xyz
+(`CALVIN_STATE_INDICES`; the layout of `data.episode`'s states).
 """
 
 import dataclasses
@@ -15,6 +20,7 @@ import numpy as np
 
 from data.episode import (
     NPZ_READ_ERRORS,
+    POINT_DIMS,
     ActionLayout,
     DataError,
     EpisodeChunk,
@@ -26,6 +32,11 @@ CALVIN_FRAME_SIZE = (200, 200)
 CALVIN_ACTIONS = ActionLayout("continuous", (7,))
 SEGMENTS_FILE = "ep_start_end_ids.npy"
 LANGUAGE_FILE = os.path.join("lang_annotations", "auto_lang_ann.npy")
+# Where each state value sits in concatenate([robot_obs, scene_obs]): tcp, red, blue, pink xyz.
+ROBOT_OBS_SIZE, SCENE_OBS_SIZE = 15, 24
+CALVIN_STATE_INDICES = (*range(3), *(ROBOT_OBS_SIZE + 6 + 6 * block + axis
+                                    for block in range(3) for axis in range(POINT_DIMS)))
+CALVIN_STATE_SIZE = len(CALVIN_STATE_INDICES)
 
 
 def frame_path(split_dir: str, frame_id: int) -> str:
@@ -41,6 +52,7 @@ class CalvinEpisode:
     last_id: int
     frame_size: tuple[int, int] = CALVIN_FRAME_SIZE
     action_layout: ActionLayout = CALVIN_ACTIONS
+    state_size: int | None = None  # CALVIN_STATE_SIZE when the files hold robot/scene_obs
 
     @property
     def name(self) -> str:
@@ -50,18 +62,25 @@ class CalvinEpisode:
     def length(self) -> int:
         return self.last_id - self.first_id + 1
 
+    def source(self, frame: int) -> str:
+        return frame_path(self.split_dir, self.first_id + frame)
+
     def read(self, start: int, stop: int) -> EpisodeChunk:
         frames = np.empty((stop - start, *self.frame_size, 3), np.uint8)
         actions = np.empty((stop - start, 7), np.float32)
+        states = np.empty((stop - start, self.state_size or 0), np.float32)
         for i, frame_id in enumerate(range(self.first_id + start, self.first_id + stop)):
-            frames[i], actions[i] = _read_frame(frame_path(self.split_dir, frame_id), self)
-        return EpisodeChunk(frames, actions)
+            frames[i], actions[i], states[i] = _read_frame(frame_path(self.split_dir, frame_id),
+                                                           self)
+        return EpisodeChunk(frames, actions, states if self.state_size else None)
 
 
-def _read_frame(path: str, episode: CalvinEpisode) -> tuple[np.ndarray, np.ndarray]:
+def _read_frame(path: str, episode: CalvinEpisode) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             image, action = npz["rgb_static"], npz["rel_actions"]
+            state = (np.concatenate([npz["robot_obs"], npz["scene_obs"]])[
+                list(CALVIN_STATE_INDICES)] if episode.state_size else np.zeros(0))
     except FileNotFoundError as e:
         raise DataError(f"{path}: missing frame file; the download is incomplete") from e
     except NPZ_READ_ERRORS as e:
@@ -76,7 +95,7 @@ def _read_frame(path: str, episode: CalvinEpisode) -> tuple[np.ndarray, np.ndarr
         )
     if action.shape != (7,):
         raise DataError(f"{path}: rel_actions has shape {action.shape}, expected (7,)")
-    return image, action
+    return image, action, state
 
 
 def calvin_episodes(
@@ -114,14 +133,14 @@ def calvin_episodes(
 
     def describe(segment, _):
         episode = CalvinEpisode(split_dir, int(segment[0]), int(segment[1]), tuple(frame_size))
-        _check_segment(episode, present)
-        return episode
+        return _check_segment(episode, present)
 
     return keep_good(segments.tolist(), describe, skip_bad=skip_bad, what="CALVIN segments",
                      where=split_dir)
 
 
-def _check_segment(episode: CalvinEpisode, present: set[str]) -> None:
+def _check_segment(episode: CalvinEpisode, present: set[str]) -> CalvinEpisode:
+    """The episode, with its state size from the first frame's members; DataError if bad."""
     if episode.last_id < episode.first_id:
         raise DataError(
             f"{os.path.join(episode.split_dir, SEGMENTS_FILE)}: segment {episode.first_id}.."
@@ -136,7 +155,8 @@ def _check_segment(episode: CalvinEpisode, present: set[str]) -> None:
             )
     first = frame_path(episode.split_dir, episode.first_id)
     try:
-        shape, _ = npz_member_shapes(first)["rgb_static"]
+        members = npz_member_shapes(first)
+        shape, _ = members["rgb_static"]
     except NPZ_READ_ERRORS as e:
         raise DataError(
             f"{first}: no readable rgb_static ({type(e).__name__}: {e}); the file is corrupt "
@@ -147,6 +167,10 @@ def _check_segment(episode: CalvinEpisode, present: set[str]) -> None:
             f"{first}: rgb_static is {shape}, expected {(*episode.frame_size, 3)}; pass the "
             "right frame_size for this dataset"
         )
+    observed = (members.get("robot_obs", ((),))[0], members.get("scene_obs", ((),))[0])
+    if observed == ((ROBOT_OBS_SIZE,), (SCENE_OBS_SIZE,)):
+        return dataclasses.replace(episode, state_size=CALVIN_STATE_SIZE)
+    return episode
 
 
 @dataclasses.dataclass(frozen=True)

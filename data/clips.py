@@ -7,22 +7,30 @@ On-disk format (no pickles: every array is a plain .npy whose header holds shape
         frames.npy       uint8 [N, L, H, W, 3]
         actions.npy      [N, L, *action shape]; float32 (continuous) or int32 (discrete, multipart)
         has_action.npy   bool [N, L]; False for frames of episodes without actions
+        states.npy       float32 [N, L, S], only when every episode has states (layout:
+                         data/episode.py; S is the plan's "state_size")
         clips.json       {"episode": [episode name per clip], "start": [first frame per clip]}
 
 `index.json` holds "format" ("dreamer4-clips"), "version", "plan" (settings, frame size, action
-layout, and per split the episodes with their lengths and the shards with their planned clip
-counts), "shards" (per split: [name, clips written]), "skipped" (errors of bad input left out
-with skip_bad) and "complete" (true once every shard exists).
+layout, "state_size" when the clips store states, and per split the episodes with their lengths
+and the shards with their planned clip counts), "shards" (per split: [name, clips written]),
+"skipped" (errors of bad input left out with skip_bad) and "complete" (true once every shard
+exists).
 
 Clip starts in an episode of T frames, for clip length L and stride S: 0, S, 2S, ... while
 start + L <= T, plus a last clip starting at T - L when that start is not already there. So with
 S <= L every frame is in at least one clip (the last clip may overlap its neighbour more), and with
 S > L the frames between clips are dropped. Episodes shorter than L give no clip; the index counts
-them. Shards pack consecutive clips of consecutive episodes, at most `clips_per_shard` each.
+them and preparation says so. Shards pack consecutive clips of consecutive episodes, at most
+`clips_per_shard` each.
 
 Preparation runs shards in parallel processes; each shard is written to a temporary folder and
 renamed into place, so a crash never leaves a partial shard, and re-running with the same plan
-skips finished shards (a different plan raises instead of mixing two datasets).
+skips finished shards (a different plan raises instead of mixing two datasets). It writes only
+into a folder it made or an empty one, and holds the folder's lock (`<out>/.lock`) while it
+writes, so a second preparation of the same folder stops at once instead of deleting the first
+one's temporary shards. A folder prepared before clips stored states keeps its plan, and so
+stays without states, when re-run.
 
 Reading: `ClipStore(folder)` owns the layout (shards per split, clips by position or by
 `ClipId` (episode, start), the first clips of a split); nothing else walks the index's shards.
@@ -34,6 +42,7 @@ import functools
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -44,11 +53,13 @@ from data.episode import (
     ActionLayout,
     DataError,
     EpisodeRef,
+    SkippableDataError,
     SkippedDataWarning,
     dataset_action_layout,
+    dataset_state_size,
 )
 from data.images import resize_frames
-from data.jobs import Progress, run_jobs
+from data.jobs import FolderLock, Progress, check_own_folder, run_jobs
 
 FORMAT = "dreamer4-clips"
 VERSION = 1
@@ -144,56 +155,68 @@ def _target_frame_size(episodes: Sequence[EpisodeRef], settings: ClipSettings) -
     return sizes.pop()
 
 
-def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_layout):
-    """Frames (resized) and actions of ref[start:stop], read in bounded chunks."""
+def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_layout,
+                 state_size: int = 0):
+    """Frames (resized), actions and (`state_size` > 0) states of ref[start:stop], read in
+    bounded chunks."""
     frames = np.empty((stop - start, *frame_size, 3), np.uint8)
     actions = np.zeros((stop - start, *action_layout.shape), action_layout.dtype)
-    for lo in range(start, stop, READ_CHUNK):
-        hi = min(lo + READ_CHUNK, stop)
+    states = np.zeros((stop - start, state_size), np.float32)
+    chunk_frames = getattr(ref, "read_chunk", READ_CHUNK) or stop - start
+    for lo in range(start, stop, chunk_frames):
+        hi = min(lo + chunk_frames, stop)
         chunk = ref.read(lo, hi)
         frames[lo - start : hi - start] = resize_frames(chunk.frames, frame_size)
         if chunk.actions is not None:
             actions[lo - start : hi - start] = chunk.actions
+        if state_size:
+            states[lo - start : hi - start] = chunk.states
     if ref.action_layout is not None and not np.all(np.isfinite(actions)):
         bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
         raise DataError(
-            f"{ref.name}: non-finite actions at frames {bad[:5].tolist()}; fix or drop them"
+            f"{ref.source(int(bad[0]))}: non-finite actions at frames {bad[:5].tolist()} of "
+            f"episode {ref.name}; fix or drop them"
         )
-    return frames, actions
+    return frames, actions, states
 
 
 def write_shard(
-    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_layout, skip_bad: bool
+    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_layout,
+    skip_bad: bool, state_size: int = 0,
 ) -> tuple[int, list[str]]:
-    """Writes one shard atomically; returns (clips written, errors of skipped pieces)."""
+    """Writes one shard atomically (with states.npy when `state_size` > 0); returns (clips
+    written, errors of skipped pieces)."""
     length = settings.length
     frames = np.empty((task.clips, length, *frame_size, 3), np.uint8)
     actions = np.zeros((task.clips, length, *action_layout.shape), action_layout.dtype)
     has_action = np.zeros((task.clips, length), bool)
+    states = np.zeros((task.clips, length, state_size), np.float32)
     episode_names, starts, skipped = [], [], []
     for ref, piece_starts in task.pieces:
         try:
-            window_frames, window_actions = _read_window(
-                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_layout
+            window_frames, window_actions, window_states = _read_window(
+                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_layout,
+                state_size,
             )
         except DataError as e:
             if not skip_bad:
-                raise
+                raise SkippableDataError(str(e)) from e
             skipped.append(str(e))
             continue
         for start in piece_starts:
             row, offset = len(starts), start - piece_starts[0]
             frames[row] = window_frames[offset : offset + length]
             actions[row] = window_actions[offset : offset + length]
+            states[row] = window_states[offset : offset + length]
             has_action[row] = ref.action_layout is not None
             episode_names.append(ref.name)
             starts.append(start)
     kept = len(starts)
-    save_shard(
-        os.path.join(out_dir, task.split, task.name),
-        {"frames": frames[:kept], "actions": actions[:kept], "has_action": has_action[:kept]},
-        {"episode": episode_names, "start": starts},
-    )
+    arrays = {"frames": frames[:kept], "actions": actions[:kept], "has_action": has_action[:kept]}
+    if state_size:
+        arrays["states"] = states[:kept]
+    save_shard(os.path.join(out_dir, task.split, task.name), arrays,
+               {"episode": episode_names, "start": starts})
     return kept, skipped
 
 
@@ -209,11 +232,12 @@ def save_shard(final: str, arrays: dict[str, np.ndarray], clips: dict) -> None:
     os.rename(temp, final)
 
 
-def _plan_json(splits, tasks, settings, frame_size, action_layout) -> dict:
+def _plan_json(splits, tasks, settings, frame_size, action_layout, state_size) -> dict:
     plan = {
         "settings": dataclasses.asdict(settings),
         "frame_size": list(frame_size),
         "action": action_layout.to_json(),
+        **({"state_size": state_size} if state_size else {}),
         "splits": {
             split: {
                 "episodes": [[e.name, e.length] for e in episodes],
@@ -246,8 +270,9 @@ def prepare_clips(
     """Cuts the episodes of each split into clip shards under `out_dir`; returns the index.
 
     Resumable: finished shards of an earlier run with the same plan are kept. Raises DataError
-    for bad input (or, with `skip_bad`, leaves it out and warns with the count) and when
-    `out_dir` holds clips made with a different plan.
+    for bad input (or, with `skip_bad`, leaves it out and warns with the count), when `out_dir`
+    holds clips made with a different plan, and when it is a non-empty folder without an index
+    (not made by clip preparation).
     """
     episodes = [e for split in splits.values() for e in split]
     if not episodes:
@@ -259,17 +284,35 @@ def prepare_clips(
         raise DataError(
             f"no episode is at least {settings.length} frames long; lower the clip length"
         )
-    plan = _plan_json(splits, tasks, settings, frame_size, action_layout)
+    short = [e for e in episodes if e.length < settings.length]
+    if short:
+        print(f"clips: {len(short)} of the {len(episodes)} episodes are shorter than a clip "
+              f"({settings.length} frames) and give no clips (e.g. {short[0].name}: "
+              f"{short[0].length} frames)", file=sys.stderr, flush=True)
+    plan = _plan_json(splits, tasks, settings, frame_size, action_layout,
+                      dataset_state_size(episodes))
+    check_own_folder(out_dir, INDEX_FILE, "clip preparation",
+                     "choose a new or empty output folder for the clips")
+    with FolderLock(out_dir):
+        return _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layout,
+                            num_workers=num_workers, skip_bad=skip_bad, progress=progress)
+
+
+def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layout, *,
+                 num_workers, skip_bad, progress) -> dict:
+    """prepare_clips once it holds the folder's lock: index, missing shards, finished index."""
     index_path = os.path.join(out_dir, INDEX_FILE)
     if os.path.exists(index_path):
         with open(index_path) as f:
-            if json.load(f)["plan"] != plan:
-                raise DataError(
-                    f"{out_dir} holds clips prepared with other settings or episodes; use a new "
-                    "output folder, or delete this one to prepare it again"
-                )
+            existing = json.load(f)["plan"]
+        if existing == {key: value for key, value in plan.items() if key != "state_size"}:
+            plan = existing  # prepared before clips stored states: resumed without them
+        if existing != plan:
+            raise DataError(
+                f"{out_dir} holds clips prepared with other settings or episodes; use a new "
+                "output folder, or delete this one to prepare it again"
+            )
     else:
-        os.makedirs(out_dir, exist_ok=True)
         write_json(
             index_path, {"format": FORMAT, "version": VERSION, "plan": plan, "complete": False}
         )
@@ -277,7 +320,7 @@ def prepare_clips(
         split_dir = os.path.join(out_dir, split)
         os.makedirs(split_dir, exist_ok=True)
         for entry in os.listdir(split_dir):
-            if ".tmp-" in entry:  # left by a crashed run
+            if ".tmp-" in entry:  # left by a crashed run (a live one would hold the lock)
                 shutil.rmtree(os.path.join(split_dir, entry))
     pending = [t for t in tasks if not os.path.isdir(os.path.join(out_dir, t.split, t.name))]
     bar = Progress("clips", sum(t.clips for t in tasks), "clips")
@@ -289,6 +332,7 @@ def prepare_clips(
         frame_size=frame_size,
         action_layout=action_layout,
         skip_bad=skip_bad,
+        state_size=plan.get("state_size", 0),
     )
     skipped = []
     for task, (_, errors) in run_jobs(work, pending, num_workers):
@@ -340,17 +384,28 @@ def read_index(clips_dir: str) -> dict:
     return index
 
 
-SHARD_ARRAYS = ("frames", "latents", "actions", "has_action")
+SHARD_ARRAYS = ("frames", "latents", "actions", "has_action", "states")
 
 
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
-    """A shard's arrays, memory-mapped read-only (no pickles allowed). Clip shards hold frames;
-    the latent shards that the launch's latents stage writes in the same layout hold latents."""
-    return {
-        key: np.load(path, mmap_mode="r", allow_pickle=False)
-        for key in SHARD_ARRAYS
-        if os.path.exists(path := os.path.join(shard_dir, f"{key}.npy"))
-    }
+    """A shard's arrays, memory-mapped read-only (no pickles allowed). Clip shards hold frames
+    (and states where the source has them); the latent shards that the launch's latents stage
+    writes in the same layout hold latents. DataError naming the file if one is truncated or
+    damaged."""
+    arrays = {}
+    for key in SHARD_ARRAYS:
+        path = os.path.join(shard_dir, f"{key}.npy")
+        if not os.path.exists(path):
+            continue
+        try:
+            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as error:
+            raise DataError(
+                f"{path}: cannot read ({type(error).__name__}: {error}); the shard is truncated "
+                f"or damaged: delete {shard_dir} and run the stage that wrote it again (it "
+                "writes only missing shards)"
+            ) from error
+    return arrays
 
 
 class ClipId(NamedTuple):

@@ -6,13 +6,19 @@ convention: `actions[t]` is the action taken after seeing `frames[t]`. Readers r
 plan clips from cheap metadata and read each frame range in a worker process.
 
 Action kinds: "continuous" float32 [T, A], "discrete" int32 [T], "multipart" int32 [T, P].
+
+States (optional, where the source has them): float32 [T, 3 * P], the xyz positions in metres of
+P points, the controlled point first (a robot's end effector), then the objects it can move
+(CALVIN and the simulator: the tool centre point, then the red, blue and pink blocks; 2-D domains
+give (x, y) in the image plane and z = 0). A reader that has them sets `state_size` = 3 * P on
+its episodes; episodes without states have no such attribute or None.
 """
 
 import dataclasses
 import warnings
 import zipfile
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +29,11 @@ NPZ_READ_ERRORS = (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError)
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the fix."""
+
+
+class SkippableDataError(DataError):
+    """A bad input file or range that `skip_bad=True` would leave out (other DataErrors, such as
+    a clip folder prepared with other settings, are not helped by skipping)."""
 
 
 class SkippedDataWarning(UserWarning):
@@ -72,15 +83,28 @@ class ActionLayout:
 NO_ACTIONS = ActionLayout("continuous", (0,))
 
 
-class EpisodeChunk(NamedTuple):
-    """Frames uint8 [n, H, W, 3] and their actions ([n, ...] in the layout's dtype, or None)."""
+POINT_DIMS = 3  # state values per point (xyz)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeChunk:
+    """Frames uint8 [n, H, W, 3], their actions ([n, ...] in the spec's dtype, or None) and
+    states (float32 [n, state_size], or None). Unpacks as `frames, actions`."""
 
     frames: np.ndarray
     actions: np.ndarray | None
+    states: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.frames, self.actions))
 
 
 class EpisodeRef(Protocol):
-    """A lazily read episode. Implementations are picklable frozen dataclasses."""
+    """A lazily read episode. Implementations are picklable frozen dataclasses. `source(t)` is
+    the file that holds the action of frame t (for messages). Clip preparation reads long
+    windows in chunks of `data.clips.READ_CHUNK` frames; a reader whose every read loads its
+    whole file (an .npz) sets the class attribute `read_chunk = None` to read a window at once.
+    Those whose chunks carry states also have `state_size` (int, see the module docstring)."""
 
     name: str
     length: int
@@ -88,6 +112,8 @@ class EpisodeRef(Protocol):
     action_layout: ActionLayout | None
 
     def read(self, start: int, stop: int) -> EpisodeChunk: ...
+
+    def source(self, frame: int) -> str: ...
 
 
 def read_episode(ref: EpisodeRef) -> EpisodeChunk:
@@ -106,6 +132,24 @@ def dataset_action_layout(refs: Sequence[EpisodeRef]) -> ActionLayout:
             "same kind and shape; convert them or prepare them as separate datasets"
         )
     return specs.pop() if specs else NO_ACTIONS
+
+
+def dataset_state_size(refs: Sequence[EpisodeRef]) -> int | None:
+    """The one state size of a set of episodes, or None when some or all have no states (the
+    clips then store none; a warning says so when only some lack them)."""
+    sizes = {getattr(ref, "state_size", None) for ref in refs}
+    if None in sizes:
+        if len(sizes) > 1:
+            missing = next(r.name for r in refs if getattr(r, "state_size", None) is None)
+            warnings.warn(f"some episodes have states and some (e.g. {missing}) do not; the clips "
+                          "store no states", stacklevel=2)
+        return None
+    if len(sizes) > 1:
+        found = {size: next(r.name for r in refs if r.state_size == size) for size in sizes}
+        listing = "; ".join(f"{size} in {name}" for size, name in sorted(found.items()))
+        raise DataError(f"episodes have different state sizes ({listing}); every episode's "
+                        "`states` must have the same layout")
+    return sizes.pop()
 
 
 def npz_member_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -129,15 +173,15 @@ def npz_member_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
 def keep_good(items: Sequence, describe, *, skip_bad: bool, what: str, where: str) -> list:
     """[describe(item, kept) for item in items], `kept` being the results so far. A DataError
-    raises, or with `skip_bad` leaves its item out (one warning with the count of `what` skipped);
-    DataError too if nothing is left."""
+    raises (as a SkippableDataError), or with `skip_bad` leaves its item out (one warning with the
+    count of `what` skipped); DataError too if nothing is left."""
     kept, skipped = [], []
     for item in items:
         try:
             kept.append(describe(item, kept))
         except DataError as error:
             if not skip_bad:
-                raise
+                raise SkippableDataError(str(error)) from error
             skipped.append(str(error))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} of {len(items)} {what} (skip_bad=True); first: "
@@ -158,6 +202,9 @@ class NoiseEpisode:
     length: int
     frame_size: tuple[int, int]
     action_layout: ActionLayout = NOISE_ACTIONS
+
+    def source(self, frame: int) -> str:
+        return self.name
 
     def read(self, start: int, stop: int) -> EpisodeChunk:
         rng = np.random.default_rng(start)

@@ -2,20 +2,25 @@
 
 Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally `actions` (float32 [T, A]
 continuous, int32 [T] discrete or int32 [T, P] multi-part), where `actions[t]` is the action taken
-after seeing `frames[t]`. Files are read with `allow_pickle=False`. All episodes must share one
+after seeing `frames[t]`, and optionally `states` (float [T, 3 * P]: xyz in metres of P points,
+the controlled one first; `data.episode` describes the layout). Files are read with
+`allow_pickle=False`. All episodes must share one
 frame size and one action layout; episodes without actions are allowed (stored as unlabeled).
 
 Generators (CoinRun, Craftax) write this format with `write_episode` as `episode_%06d.npz`,
 compressed, and resume with `pending_episodes`.
 """
 
+import collections
 import dataclasses
 import os
+from typing import ClassVar
 
 import numpy as np
 
 from data.episode import (
     NPZ_READ_ERRORS,
+    POINT_DIMS,
     ActionLayout,
     DataError,
     EpisodeChunk,
@@ -34,12 +39,19 @@ class NpzEpisode:
     length: int
     frame_size: tuple[int, int]
     action_layout: ActionLayout | None
+    state_size: int | None = None
+    read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
+
+    def source(self, frame: int) -> str:
+        return self.path
 
     def read(self, start: int, stop: int) -> EpisodeChunk:
         try:
             with np.load(self.path, allow_pickle=False) as npz:
                 frames = npz["frames"][start:stop]
                 actions = npz["actions"][start:stop] if self.action_layout is not None else None
+                states = (npz["states"][start:stop].astype(np.float32) if self.state_size
+                          else None)
         except NPZ_READ_ERRORS as e:
             raise DataError(
                 f"{self.path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or "
@@ -47,7 +59,7 @@ class NpzEpisode:
             ) from e
         if actions is not None:
             actions = actions.astype(self.action_layout.dtype)
-        return EpisodeChunk(frames, actions)
+        return EpisodeChunk(frames, actions, states)
 
 
 def _describe(path: str, name: str) -> NpzEpisode:
@@ -70,6 +82,11 @@ def _describe(path: str, name: str) -> NpzEpisode:
             f"{path}: `frames` is {frame_dtype} {frame_shape}; it must be uint8 [T, H, W, 3] "
             "(RGB, values 0..255)"
         )
+    if frame_shape[0] == 0:
+        raise DataError(
+            f"{path}: `frames` holds no frames; an episode needs at least one: write it again, "
+            "or pass skip_bad=True to leave it out"
+        )
     spec = None
     if "actions" in shapes:
         action_shape, action_dtype = shapes["actions"]
@@ -83,15 +100,30 @@ def _describe(path: str, name: str) -> NpzEpisode:
             spec = ActionLayout.infer(action_dtype, action_shape[1:])
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
-    return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec)
+    return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec,
+                      _state_size(path, shapes, frame_shape[0]))
+
+
+def _state_size(path: str, shapes: dict, length: int) -> int | None:
+    if "states" not in shapes:
+        return None
+    shape, dtype = shapes["states"]
+    if (len(shape) != 2 or shape[0] != length or shape[1] % POINT_DIMS or not shape[1]
+            or not np.issubdtype(dtype, np.floating)):
+        raise DataError(
+            f"{path}: `states` is {dtype} {shape}; it must be float [T, 3 * P] with T = {length} "
+            "(xyz of P points per frame), or be left out"
+        )
+    return shape[1]
 
 
 def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
     """The episodes of a folder of .npz files, sorted by file name, checked from headers only.
 
     Raises DataError for a missing or empty folder and for any bad file (unreadable, no uint8
-    `frames`, action count != frame count, frame size different from the first file's), unless
-    `skip_bad`, which leaves bad files out and warns once with their count.
+    `frames`, no frames, action count != frame count, a frame size other than the one most files
+    have; on a tie, the first file's), unless `skip_bad`, which leaves bad files out and warns
+    once with their count.
     """
     if not os.path.isdir(folder):
         raise DataError(
@@ -103,19 +135,39 @@ def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
             f"{folder}: no .npz episodes in it; save each episode with "
             "np.savez(path, frames=..., actions=...)"
         )
+    described = []  # per file: its episode, or the DataError that describing it raised
+    for name in names:
+        try:
+            described.append(_describe(os.path.join(folder, name), name[: -len(".npz")]))
+        except DataError as error:
+            described.append(error)
+    episodes = [e for e in described if isinstance(e, NpzEpisode)]
+    expected = _common_frame_size(episodes)
 
-    def describe(file_name, episodes):
-        path = os.path.join(folder, file_name)
-        episode = _describe(path, file_name[: -len(".npz")])
-        if episodes and episode.frame_size != episodes[0].frame_size:
+    def check(item, _):
+        if isinstance(item, DataError):
+            raise item
+        if item.frame_size != expected:
+            example = next(e for e in episodes if e.frame_size == expected)
+            count = sum(e.frame_size == expected for e in episodes)
             raise DataError(
-                f"{path}: frames are {episode.frame_size[0]}x{episode.frame_size[1]} but "
-                f"{episodes[0].frame_size[0]}x{episodes[0].frame_size[1]} in "
-                f"{episodes[0].path}; resize all episodes to one size"
+                f"{item.path}: frames are {_size(item.frame_size)} but {_size(expected)} in "
+                f"{count} of the {len(names)} files (e.g. {example.path}); resize all episodes "
+                "to one size"
             )
-        return episode
+        return item
 
-    return keep_good(names, describe, skip_bad=skip_bad, what="episode files", where=folder)
+    return keep_good(described, check, skip_bad=skip_bad, what="episode files", where=folder)
+
+
+def _size(frame_size: tuple[int, int]) -> str:
+    return f"{frame_size[0]}x{frame_size[1]}"
+
+
+def _common_frame_size(episodes: list[NpzEpisode]) -> tuple[int, int] | None:
+    """The frame size most episodes have; a tie goes to the size found first (name order)."""
+    counts = collections.Counter(e.frame_size for e in episodes)  # insertion (name) order
+    return max(counts, key=counts.get) if counts else None
 
 
 def episode_file(folder: str, index: int) -> str:
@@ -123,10 +175,12 @@ def episode_file(folder: str, index: int) -> str:
     return os.path.join(folder, f"episode_{index:06d}.npz")
 
 
-def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None) -> None:
+def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None,
+                  states: np.ndarray | None = None) -> None:
     """Writes one compressed episode file atomically: to a temporary name that does not end in
     .npz (so no reader lists it), then renamed into place."""
-    arrays = {"frames": frames} if actions is None else {"frames": frames, "actions": actions}
+    arrays = {"frames": frames, "actions": actions, "states": states}
+    arrays = {key: value for key, value in arrays.items() if value is not None}
     temp = path + ".tmp"
     with open(temp, "wb") as f:
         np.savez_compressed(f, **arrays)

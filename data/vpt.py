@@ -149,6 +149,9 @@ class VptEpisode:
     frame_size: tuple[int, int] = VPT_FRAME_SIZE
     action_layout: ActionLayout = VPT_ACTIONS
 
+    def source(self, frame: int) -> str:
+        return self.actions_path
+
     def read(self, start: int, stop: int) -> EpisodeChunk:
         actions = jsonl_actions(self.actions_path)[start:stop]
         return EpisodeChunk(_decode(self.path, start, stop, self.frame_size), actions)

@@ -123,7 +123,8 @@ class ActionEncoder(eqx.Module):
         if self.continuous is not None:
             actions = actions.astype(jnp.float32)
             if self.mean:
-                actions = (actions - jnp.asarray(self.mean)) / jnp.asarray(self.std)
+                mean, std = (expand_to(jnp.asarray(v), actions.ndim) for v in (self.mean, self.std))
+                actions = (actions - mean) / std
             code = self.continuous(actions)
         else:
             parts = actions[..., None] if self.spec.kind == "discrete" else actions

@@ -14,6 +14,9 @@ seen in training) and merges their metrics into <workdir>/eval/summary.json (wri
   with actions of another rollout ("shuffled_actions": a world model must do worse with them);
   "copy_last_exact" counts, per step, the rollouts whose true frame equals the last context
   frame pixel for pixel (a static scene: copy-last scores the PSNR cap there);
+- probe: where the clips carry states (data/episode.py), the centimetre error of the positions
+  a probe fitted on real frames reads off the imagined frames (launch/probe.py); no keys
+  otherwise;
 - speed: frames/s of cached and uncached generation at batch 1 with C frames of context.
 Per-frame PSNR is capped at 20 log10(255) = 48.13 dB, the PSNR of an error of one 8-bit level on
 every pixel (identical frames count as the cap), so summary.json holds finite numbers.
@@ -63,14 +66,14 @@ def eval_clip_pairs(clips_dir: str, latents_dir: str, count: int, length: int
     return frames, latents.by_ids("eval", ids, length)
 
 
-_decode = eqx.filter_jit(lambda tokenizer, z: jnp.clip(tokenizer.decode(z), 0.0, 1.0))
+decode = eqx.filter_jit(lambda tokenizer, z: jnp.clip(tokenizer.decode(z), 0.0, 1.0))
 # Curve labels of the model and the baselines, by the suffix of their keys (launch/metrics.py).
 LABELS = {MODEL: "model", COPY_LAST: "copy last frame",
           COPY_LAST_RECONSTRUCTION: "copy last reconstruction", SHUFFLED: "model, shuffled actions"}
-STANDARD_GROUPS = ("tokenizer", "rollout", "speed")  # print_summary writes these out in full
+STANDARD_GROUPS = ("tokenizer", "rollout", "speed", "probe")  # print_summary: a line or two each
 
 
-def _batched(fn, *arrays, batch: int, what: str) -> jax.Array:
+def batched(fn, *arrays, batch: int, what: str) -> jax.Array:
     """fn(batch_index, *rows) over consecutive `batch` rows of `arrays`, concatenated."""
     starts = range(0, len(arrays[0]), batch)
     progress = Progress(f"[eval] {what}", len(starts), "batches")
@@ -87,6 +90,7 @@ class EvalContext:
 
     frames: uint8 [rollouts, C + H, height, width, 3], the frame clips of the first
     `eval.rollouts` eval clips of the latent folder, paired by clip id (`eval_clip_pairs`);
+    states: their true states (None for sources without);
     truth: the same as float in [0, 1]; latents, actions, has_action: those latent clips (actions
     aligned to the model's convention); tokenizer, model: the trained networks; reconstruction:
     every latent decoded; imagined / shuffled: C context latents, then H frames generated from the
@@ -110,6 +114,12 @@ class EvalContext:
     @property
     def frames(self) -> np.ndarray:
         return self._clip_pairs[0]["frames"]
+
+    @property
+    def states(self) -> np.ndarray | None:
+        """float32 [rollouts, C + H, S] true states of the frames (data/episode.py), or None
+        when the source has none."""
+        return self._clip_pairs[0].get("states")
 
     @functools.cached_property
     def truth(self) -> jax.Array:
@@ -144,29 +154,41 @@ class EvalContext:
 
     @functools.cached_property
     def reconstruction(self) -> jax.Array:
-        return _batched(lambda _, z: _decode(self.tokenizer, z), self.latents,
+        return batched(lambda _, z: decode(self.tokenizer, z), self.latents,
                         batch=self.config.eval.batch, what="decoding the eval latents")
 
     @functools.cached_property
     def imagined(self) -> jax.Array:
-        return self._imagine(self.actions, "real actions")
+        return self.rollouts(self.actions, what="real actions")
 
     @functools.cached_property
     def shuffled(self) -> jax.Array:
-        return self._imagine(jnp.roll(self.actions, 1, axis=0), "shuffled actions")
+        return self.rollouts(self.shuffled_actions, what="shuffled actions")
 
-    def _imagine(self, actions: jax.Array, what: str) -> jax.Array:
+    @property
+    def shuffled_actions(self) -> jax.Array:
+        """Each rollout gets the actions of the one before it (the first, the last one's)."""
+        return jnp.roll(self.actions, 1, axis=0)
+
+    def batch_key(self, index: int) -> jax.Array:
+        """The sampling key of batch `index` of rollouts (the same for every action set)."""
+        return jax.random.fold_in(jax.random.key(self.config.seed), index)
+
+    def rollouts(self, actions: jax.Array, *, steps: int | None = None,
+                 context_signal: float | None = None, what: str) -> jax.Array:
+        """C context latents, then H frames generated from `actions` with `steps` sampling steps
+        and `context_signal` (default: config.eval's), all decoded, `eval.batch` at a time."""
         ev, context = self.config.eval, self.context
-        seed = jax.random.key(self.config.seed)
 
         def one_batch(index, z, a, has):
-            future = generate(self.model, z[:, :context], a, has,
-                              key=jax.random.fold_in(seed, index), steps=ev.sampling_steps,
-                              context_signal=ev.context_signal)
-            return _decode(self.tokenizer, jnp.concatenate([z[:, :context], future], axis=1))
+            future = generate(self.model, z[:, :context], a, has, key=self.batch_key(index),
+                              steps=steps or ev.sampling_steps,
+                              context_signal=(ev.context_signal if context_signal is None
+                                              else context_signal))
+            return decode(self.tokenizer, jnp.concatenate([z[:, :context], future], axis=1))
 
-        return _batched(one_batch, self.latents, actions, self.has_action, batch=ev.batch,
-                        what=f"rollouts ({what})")
+        return batched(one_batch, self.latents, actions, self.has_action, batch=ev.batch,
+                       what=f"rollouts ({what})")
 
 
 def run_evaluators(names: list[str], ctx: EvalContext) -> dict:
@@ -263,6 +285,19 @@ def print_summary(summary: dict, paths: list[str]) -> None:
             print(f"[eval] note: {sum(exact)} true future frames equal the last context frame "
                   f"pixel for pixel (per step: {exact}); copy-last scores the {PSNR_CAP:.2f} dB "
                   "cap on each")
+    if "probe.real_error_cm" in summary:
+        first_last = lambda key: f"{summary[key][0]:.1f} -> {summary[key][-1]:.1f}"
+        print(f"[eval] state probe, end-effector error in cm, step 1 -> last: model "
+              f"{first_last('rollout.probe_error_cm')} | copy last "
+              f"{first_last('rollout.probe_error_cm_copy_last')} | shuffled actions "
+              f"{first_last('rollout.probe_error_cm_shuffled_actions')}; the probe on real "
+              f"frames {summary['probe.real_error_cm']:.1f} cm, on reconstructions "
+              f"{summary['probe.reconstruction_error_cm']:.1f} cm")
+        if "rollout.probe_block_error_cm" in summary:
+            print(f"[eval] state probe, block error in cm, step 1 -> last: model "
+                  f"{first_last('rollout.probe_block_error_cm')} | copy last "
+                  f"{first_last('rollout.probe_block_error_cm_copy_last')}; the probe on real "
+                  f"frames {summary['probe.real_block_error_cm']:.1f} cm")
     if "speed.frames_per_second_cached" in summary:
         print(f"[eval] generation: {summary['speed.frames_per_second_cached']:.1f} frames/s "
               f"cached, {summary['speed.frames_per_second_uncached']:.1f} uncached")

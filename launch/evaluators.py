@@ -15,6 +15,7 @@ import jax
 
 from dynamics import generate, generate_uncached
 from launch.metrics import rollout_metrics, tokenizer_metrics
+from launch.probe import fit_probe, fitting_clips, probe_metrics
 
 
 def tokenizer_evaluator(ctx) -> dict:
@@ -29,6 +30,25 @@ def rollout_evaluator(ctx) -> dict:
                            context=ev.context_frames) | {
         "rollout.context_frames": ev.context_frames, "rollout.horizon": ev.horizon,
         "rollout.sampling_steps": ev.sampling_steps, "rollout.count": len(ctx.truth)}
+
+
+def probe_evaluator(ctx) -> dict:
+    """rollout.probe_* / probe.*: positions read off the imagined frames by a state probe fitted
+    on real frames, in cm against the true states (launch/probe.py); {} when the clips carry no
+    states. The probe is fitted on the eval clips that are not scored, topped up with training
+    clips to `eval.probe_fit_frames` frames."""
+    if ctx.states is None:
+        return {}
+    ev = ctx.config.eval
+    fit = fitting_clips(ctx.work.clips, skip_eval=len(ctx.frames), max_frames=ev.probe_fit_frames)
+    if not fit:
+        return {}
+    probe = fit_probe(fit["frames"], fit["states"], colours=ev.probe_colours,
+                      clip_of_frame=fit["clip"])
+    return probe_metrics(probe, ctx.truth, ctx.imagined, ctx.shuffled, ctx.reconstruction,
+                         ctx.states, context=ev.context_frames) | {
+        "probe.fit_frames_eval": fit["eval_frames"], "probe.fit_frames_train": fit["train_frames"],
+        "probe.colours": ev.probe_colours, "probe.alpha": probe.alpha}
 
 
 def speed_evaluator(ctx) -> dict:
@@ -54,5 +74,6 @@ def speed_evaluator(ctx) -> dict:
 EVALUATORS: dict[str, Callable[..., dict]] = {
     "tokenizer": tokenizer_evaluator,
     "rollout": rollout_evaluator,
+    "probe": probe_evaluator,
     "speed": speed_evaluator,
 }

@@ -5,10 +5,12 @@ tokenizer  clips -> <workdir>/tokenizer (checkpoints of the MAE tokenizer)
 latents    clips + frozen encoder -> <workdir>/latents (same shard layout, latents not frames)
 dynamics   latents -> <workdir>/dynamics (checkpoints of the world model)
 eval       see launch/evaluate.py
+The registry of these stages (order, reads, writes, checks) is launch/pipeline.py.
 Every stage is resumable: finished work is found and skipped, checkpoints resume training. The
 training stages keep optimizer and loader state in their checkpoints and, once finished, save the
 model alone to <workdir>/models/<stage> (`world.WorldModel.load(workdir)` reads both), which is
 what the latents and eval stages load.
+Each stage's folder records what it was made from (launch/provenance.py).
 """
 
 import dataclasses
@@ -19,6 +21,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from core.training import init_state
 from data.clips import ClipSettings, ClipStore, prepare_clips, save_shard, write_json
@@ -27,7 +30,7 @@ from data.loader import make_loader
 from data.sources import source_splits
 from dynamics import ActionSpec, Dynamics
 from dynamics import train as dynamics_train
-from launch import settings
+from launch import pipeline, provenance, settings
 from launch.trainer import make_optimizer, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
 from tokenizer import make_train_step as make_tokenizer_step
@@ -41,8 +44,7 @@ class Workdir:
     root: str
 
     def __getattr__(self, name: str) -> str:
-        if name in ("source", "clips", "tokenizer", "latents", "dynamics", "eval", "logs",
-                    "models"):
+        if name in pipeline.FOLDERS:  # the top-level folders of the stage registry
             return os.path.join(self.root, name)
         raise AttributeError(name)
 
@@ -62,6 +64,17 @@ def data_stage(config, work: Workdir) -> None:
     store = ClipStore(work.clips, index=index)
     counts = {split: store.count(split) for split in store.splits}
     print(f"[data] clips per split: {counts}", flush=True)
+    check_data_actions(config, store)
+
+
+def shared_data_stage(config, work: Workdir, mesh) -> None:
+    """The data stage on process 0 (the hosts of a multi-host job share the workdir); every
+    process waits for it."""
+    del mesh
+    if jax.process_index() == 0:
+        data_stage(config, work)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("data stage")
 
 
 def _loader(config, folder: str, train, *, split="train"):
@@ -92,17 +105,19 @@ def tokenizer_stage(config, work: Workdir, mesh) -> None:
 
 
 def model_saver(work: Workdir, part: str):
-    """export(model, step) for `train`: saves the finished model to <workdir>/models/<part>
-    unless that step is saved there already."""
+    """export(model, step, overwrite) for `train`: saves the finished model to
+    <workdir>/models/<part>; without `overwrite` only when no model of that step is there (a
+    workdir written before models were saved)."""
     folder = os.path.join(work.models, part)
 
-    def export(model, step: int) -> None:
-        try:
-            with open(os.path.join(folder, HEADER)) as f:
-                if json.load(f)["step"] == step:
-                    return
-        except (OSError, ValueError, KeyError):
-            pass
+    def export(model, step: int, *, overwrite: bool) -> None:
+        if not overwrite:
+            try:
+                with open(os.path.join(folder, HEADER)) as f:
+                    if json.load(f)["step"] == step:
+                        return
+            except (OSError, ValueError, KeyError):
+                pass
         save_part(folder, model, step=step)
         print(f"[{part}] saved the model to {folder}", flush=True)
 
@@ -118,6 +133,7 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
     """Encodes every clip of every split once with the frozen encoder (resumable per shard)."""
     del mesh  # the frozen encoder runs on the default device
     encoder = trained_tokenizer(work)
+    provenance.latents_inputs(work)  # after the restore, which may set an unreadable one aside
     encode = eqx.filter_jit(lambda model, frames: model.encode(frames))
     encode_clips(work.clips, work.latents, lambda frames: encode(encoder, frames), batch=batch)
 
@@ -194,31 +210,54 @@ class Moments:
         return mean, np.sqrt(np.maximum(self.squares / self.count - mean**2, 0.0))
 
 
-def check_action_classes(latents: ClipStore, spec: ActionSpec) -> None:
-    """Raises ConfigError if a known discrete / multi-part action of any latent shard lies
-    outside 0 .. classes - 1 of its part (the embedding lookup would silently clamp it)."""
+def _known_actions(store: ClipStore, parts: int):
+    """(split, shard name, int actions [n, parts]) of the known actions of every shard."""
+    for split in store.splits:
+        for name, _ in store.shards(split):
+            shard = store.read_shard(split, name)
+            known = np.asarray(shard["has_action"]).reshape(-1)
+            actions = np.asarray(shard["actions"]).reshape(known.size, parts)[known]
+            if actions.size:
+                yield split, name, actions
+
+
+def check_action_classes(store: ClipStore, spec: ActionSpec) -> None:
+    """Raises ConfigError if a known discrete / multi-part action of any shard (of clips or
+    latents) lies outside 0 .. classes - 1 of its part (the embedding lookup would silently
+    clamp it)."""
     if spec.kind == "continuous":
         return
     classes = np.asarray(spec.classes)
-    for split in latents.splits:
-        for name, _ in latents.shards(split):
-            shard = latents.read_shard(split, name)
-            known = np.asarray(shard["has_action"]).reshape(-1)
-            actions = np.asarray(shard["actions"]).reshape(known.size, len(classes))[known]
-            if not actions.size:
-                continue
-            where = (f"config.data.action_classes: {split}/{name} in {latents.folder} has "
-                     f"actions from {actions.min(axis=0).tolist()} to "
-                     f"{actions.max(axis=0).tolist()} (per part)")
-            if actions.min() < 0:
-                raise settings.ConfigError(
-                    f"{where}; actions must be 0 .. classes - 1: map negative ones (e.g. a -1 "
-                    "'no action' sentinel) to a class of their own in the episode files, or "
-                    "leave the `actions` array out of episodes without actions.")
-            if np.any(actions.max(axis=0) >= classes):
-                raise settings.ConfigError(
-                    f"{where}, outside the classes {spec.classes}; give at least the largest "
-                    "action + 1 per part (--config.data.action_classes=...).")
+    for split, name, actions in _known_actions(store, len(classes)):
+        where = (f"config.data.action_classes: {split}/{name} in {store.folder} has actions "
+                 f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} "
+                 f"(per part)")
+        if actions.min() < 0:
+            raise settings.ConfigError(
+                f"{where}; actions must be 0 .. classes - 1: map negative ones (e.g. a -1 "
+                "'no action' sentinel) to a class of their own in the episode files, or "
+                "leave the `actions` array out of episodes without actions.")
+        if np.any(actions.max(axis=0) >= classes):
+            raise settings.ConfigError(
+                f"{where}, outside the classes {spec.classes}; give at least the largest "
+                "action + 1 per part (--config.data.action_classes=...).")
+
+
+def check_data_actions(config, clips: ClipStore) -> None:
+    """After the data stage: the action classes must fit the clips' actions (ConfigError naming
+    config.data.action_classes, with the counts the data needs when none are given)."""
+    layout = clips.action_layout
+    given = tuple(config.data.action_classes) or settings.default_action_classes(config)
+    if layout.kind != "continuous" and not given:
+        parts = 1 if layout.kind == "discrete" else layout.shape[0]
+        largest = np.max([a.max(axis=0) for _, _, a in _known_actions(clips, parts)]
+                         or [np.zeros(parts, int)], axis=0)
+        raise settings.ConfigError(
+            f"config.data.action_classes: the clips in {clips.folder} have {layout.kind} actions "
+            f"({parts} part(s)) with no class counts given; the largest action per part is "
+            f"{largest.tolist()}, so e.g. --config.data.action_classes=\""
+            f"{tuple(int(m) + 1 for m in largest)}\"")
+    check_action_classes(clips, settings.action_spec(config, layout))
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:

@@ -60,11 +60,17 @@ def _eta(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
+def restore_state(directory: str, template, mesh):
+    """The newest checkpointed state of a stage laid out for `mesh`, or None."""
+    restored = Checkpoints(directory).restore(template, state_shardings(mesh, template))
+    return None if restored is None else restored[0]
+
+
 def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
           step_kwargs=lambda step: {}, export=None):
     """Runs `step_fn(state, batch, key, **step_kwargs(step))` up to `train.steps`; returns state.
-    `export(model, step)` is called with the trained model when training is complete (also when
-    it already was)."""
+    `export(model, step, overwrite=...)` is called with the trained model when training is
+    complete: overwrite=True right after training, False when it already was complete."""
     checkpoints = Checkpoints(os.path.join(workdir, name))
     state = shard_state(mesh, state)
     restored = checkpoints.restore(state, state_shardings(mesh, state))
@@ -76,7 +82,7 @@ def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
     if start >= total:
         print(f"[{name}] already trained ({start}/{total} steps)", flush=True)
         if export is not None:
-            export(state.model, start)
+            export(state.model, start, overwrite=False)
         return state
     writer = SummaryWriter(os.path.join(workdir, "logs", name))
     last_time, last_step, last_skipped = time.perf_counter(), start, int(state.skipped)
@@ -111,5 +117,5 @@ def train(name: str, workdir: str, state, step_fn, loader, train, mesh, *, key,
                 checkpoints.save(done, state, loader.get_state())
     writer.close()
     if export is not None:
-        export(state.model, total)
+        export(state.model, total, overwrite=True)
     return state

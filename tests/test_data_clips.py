@@ -182,8 +182,9 @@ def test_prepare_errors_and_skip(tmp_path):
 
     np.savez(frame_path(str(tmp_path / "calvin" / "training"), 8),
              rgb_static=np.zeros((8, 8, 3), np.uint8), rel_actions=np.full(7, np.nan))  # fmt: skip
-    with pytest.raises(
-        DataError, match=r"training/0000006-0000011: non-finite actions at frames \[2\]"
+    with pytest.raises(  # the file of the first bad frame, then the episode
+        DataError, match=r"training/episode_0000008\.npz: non-finite actions at frames \[2\] of "
+        r"episode training/0000006-0000011"
     ):
         prepare_clips({"train": episodes}, str(tmp_path / "c"), settings, progress=False)
     with pytest.raises(DataError, match="at least 20 frames"):

@@ -82,7 +82,8 @@ def test_continuous_actions_are_standardised_per_dimension():
     scaled = ActionEncoder(spec, 8, mean=mean, std=std, key=jax.random.key(0))
     actions = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 3)), jnp.float32)
     has = jnp.ones((2, 4), bool)
-    want = plain((actions - jnp.asarray(mean)) / jnp.asarray(std), has)
+    want = plain(jnp.asarray((np.asarray(actions) - np.asarray(mean)) / np.asarray(std),
+                             jnp.float32), has)
     np.testing.assert_allclose(scaled(actions, has), want, rtol=1e-6)
     with pytest.raises(ValueError, match="one value per continuous action dimension"):
         _model(action_mean=(0.0,), action_std=(1.0,))

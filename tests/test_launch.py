@@ -22,7 +22,7 @@ from core import Linear
 from core.training import init_state, make_train_step
 from data.clips import ClipStore, save_shard
 from dynamics import ActionSpec
-from launch import pipeline, settings
+from launch import settings
 from launch.distributed import make_mesh
 from launch.run import run
 from launch.stages import check_action_classes
@@ -133,7 +133,8 @@ def test_bad_episode_file_stops_the_command_with_a_one_line_error(tmp_path):
     out = subprocess.run(
         [sys.executable, os.path.join(REPO, "launch", "run.py"), "--config=configs/calvin.py:tiny",
          "--config.data.format=episodes", f"--config.data.path={tmp_path / 'episodes'}",
-         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+         f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO))  # this checkout's packages, not an installed one
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "data error:" in out.stderr and "ep0.npz: not a readable .npz" in out.stderr
     assert "--config.data.skip_bad=True" in out.stderr
@@ -331,7 +332,7 @@ def test_invalid_config_fails_naming_the_field(field, value, message):
     section, _, name = field.rpartition(".")
     (config if not section else eval(f"config.{section}"))[name] = value
     with pytest.raises(settings.ConfigError, match=message.replace(".", r"\.")):
-        pipeline.validate(config, device_count=2)
+        settings.validate(config, device_count=2)
 
 
 def test_variant_choice():

@@ -13,7 +13,7 @@ import pytest
 
 from configs.calvin import get_config
 from core.timing import compile_timed
-from launch import pipeline, settings
+from launch import settings
 from launch.bench import bench_row, floor_row, memory_estimate, stage_setup
 
 
@@ -77,7 +77,7 @@ def test_full_variants_are_valid_and_estimated_to_fit_one_gpu(name):
     longest sequence, and the shape-based estimate stays under half of an 80 GB H100 (the
     other half for XLA's scratch space). Measuring them needs a GPU (BENCHMARKS.md)."""
     config = importlib.import_module(f"configs.{name}").get_config("full")
-    pipeline.validate(config, device_count=1)
+    settings.validate(config, device_count=1)
     for stage in ("tokenizer", "dynamics"):
         train = config.train[stage]
         memory = memory_estimate(config, stage, train.batch, max(train.seq_lengths))

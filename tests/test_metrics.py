@@ -13,7 +13,7 @@ from scipy.signal import convolve2d
 
 from configs import calvin
 from dynamics import ActionSpec, Dynamics, generate
-from launch import evaluators, pipeline, settings
+from launch import evaluators, settings
 from launch.evaluate import EvalContext, print_summary, run_evaluators
 from launch.metrics import PSNR_CAP, capped_psnr, mean_abs_laplacian, rollout_metrics
 from launch.report import plot_curves
@@ -121,17 +121,17 @@ def test_rollout_metrics_reject_bad_context_and_shapes():
 
 def test_unknown_evaluator_fails_validation_listing_the_known_ones(monkeypatch):
     config = calvin.get_config("tiny")
-    assert settings.evaluators(config) == ["tokenizer", "rollout", "speed"]
+    assert settings.evaluators(config) == ["tokenizer", "rollout", "probe", "speed"]
     config.eval.evaluators = "rollout,returns"
     with pytest.raises(settings.ConfigError, match=r"config\.eval\.evaluators: .*\['returns'\].*"
-                                                   r"'tokenizer', 'rollout', 'speed'"):
-        pipeline.validate(config, device_count=1)
+                                                   r"'tokenizer', 'rollout', 'probe', 'speed'"):
+        settings.validate(config, device_count=1)
     config.eval.evaluators = " , "
     with pytest.raises(settings.ConfigError, match="no evaluators"):
-        pipeline.validate(config, device_count=1)
+        settings.validate(config, device_count=1)
     monkeypatch.setitem(evaluators.EVALUATORS, "returns", lambda ctx: {"returns.mean": 1.5})
     config.eval.evaluators = "rollout,returns"
-    pipeline.validate(config, device_count=1)  # one registry entry makes it known
+    settings.validate(config, device_count=1)  # one registry entry makes it known
 
 
 def test_evaluators_merge_and_clashing_keys_fail(monkeypatch, capsys):

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from dynamics import Dynamics, align_actions
@@ -67,12 +69,12 @@ def imagine_step(model: Dynamics, policy_params, caches, frame: Frame, key, inde
 def imagine(
     world_model,
     policy: Policy,
-    context: Float[Array, "batch context latents dim"],
+    context: Float[Array | np.ndarray, "batch context latents dim"],
     horizon: int,
     *,
     key: PRNGKeyArray,
-    actions: Array | None = None,
-    has_action: Bool[Array, "batch context"] | None = None,
+    actions: ArrayLike | None = None,
+    has_action: Bool[Array | np.ndarray, "batch context"] | None = None,
     steps: int = 4,
     context_signal: float = 0.9,
     capacity: int | None = None,
@@ -85,6 +87,7 @@ def imagine(
     bounds memory: older frames slide out of the window. `world_model` is a `WorldModel` (or a
     bare `Dynamics` when `decode` is False)."""
     model = getattr(world_model, "dynamics", world_model)
+    context = jnp.asarray(context)
     batch, frames = context.shape[:2]
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}.")
@@ -124,7 +127,7 @@ def _action_shape(model: Dynamics) -> tuple[int, ...]:
     return () if spec.kind == "discrete" else (len(spec.classes),)
 
 
-def replay(actions: Array, offset: int = 0) -> Policy:
+def replay(actions: ArrayLike, offset: int = 0) -> Policy:
     """The policy that takes `actions[:, offset + step]` (dataset convention): with offset =
     context - 1 it replays a clip's own actions after its context."""
     actions = jnp.asarray(actions)

@@ -19,13 +19,15 @@ import os
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+import numpy as np
+from jaxtyping import Array, Float, UInt8
 
 from dynamics import ActionSpec, Dynamics, DynamicsConfig
 from tokenizer import Tokenizer, TokenizerConfig
-from tokenizer.patches import Video
 from world.serialise import load_module, read_header, save_module
 
+Frames = (UInt8[Array | np.ndarray, "batch time height width 3"]
+          | Float[Array | np.ndarray, "batch time height width 3"])
 MODELS = "models"  # the subfolder of a workdir that holds the finished models
 PARTS = ("tokenizer", "dynamics")
 
@@ -36,18 +38,17 @@ def config_to_json(config) -> dict:
 
 
 def _known(cls, fields: dict, where: str) -> dict:
+    """`fields` checked against `cls`'s, JSON lists back to tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}; the model was saved "
                          "by a newer version of this code.")
-    return fields
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
 
 
 def tokenizer_config_from_json(fields: dict, where: str = "header") -> TokenizerConfig:
-    fields = dict(_known(TokenizerConfig, fields, where))
-    fields["image_size"] = tuple(fields["image_size"])
-    return TokenizerConfig(**fields)
+    return TokenizerConfig(**_known(TokenizerConfig, fields, where))
 
 
 def dynamics_config_from_json(fields: dict, where: str = "header") -> DynamicsConfig:
@@ -139,12 +140,12 @@ class WorldModel(eqx.Module):
     def image_size(self) -> tuple[int, int]:
         return self.tokenizer.config.image_size
 
-    def encode(self, frames: Video) -> Float[Array, "batch time latents dim"]:
+    def encode(self, frames: Frames) -> Float[Array, "batch time latents dim"]:
         """Frames (uint8, or float in [0, 1]) -> tokenizer latents, causal in time."""
         return _encode(self.tokenizer, jnp.asarray(frames))
 
     def decode(
-        self, latents: Float[Array, "batch time latents dim"]
+        self, latents: Float[Array | np.ndarray, "batch time latents dim"]
     ) -> Float[Array, "batch time height width 3"]:
         """Latents -> frames in [0, 1], causal in time."""
         return _decode(self.tokenizer, jnp.asarray(latents))
