@@ -428,7 +428,7 @@ class ClipStore:
     def __init__(self, folder: str, index: dict | None = None):
         self.folder = folder
         self.index = read_index(folder) if index is None else index
-        self._offsets: dict[str, list[int]] = {}
+        self._positions: dict[str, tuple[list[str], list[int]]] = {}  # names, first positions
 
     @property
     def splits(self) -> list[str]:
@@ -475,15 +475,16 @@ class ClipStore:
     def clip(self, split: str, position: int) -> dict[str, np.ndarray]:
         """Clip `position` of the split: each array's row, [L, ...] (shards opened once and
         kept memory-mapped)."""
-        shards = self.shards(split)
-        if split not in self._offsets:
-            self._offsets[split] = np.cumsum([0] + [n for _, n in shards]).tolist()
-        offsets = self._offsets[split]
+        if split not in self._positions:
+            shards = self.shards(split)
+            self._positions[split] = ([name for name, _ in shards],
+                                      np.cumsum([0] + [n for _, n in shards]).tolist())
+        names, offsets = self._positions[split]
         if not 0 <= position < offsets[-1]:
             raise IndexError(f"{self.folder}: split {split!r} has {offsets[-1]} clips, no clip "
                              f"{position}")
         shard = bisect.bisect_right(offsets, position) - 1
-        arrays = _cached_shard(self.shard_dir(split, shards[shard][0]))
+        arrays = _cached_shard(self.shard_dir(split, names[shard]))
         return {key: value[position - offsets[shard]] for key, value in arrays.items()}
 
     def first(self, split: str, count: int, length: int | None = None) -> dict[str, np.ndarray]:

@@ -132,7 +132,7 @@ def test_more_tokenizer_training_never_leaves_stale_latents_in_use(trained, tmp_
 
     config.stages = "data,tokenizer,latents,dynamics"
     run(config, str(workdir), restart=("dynamics",))
-    tokenizer = trained_tokenizer(config, work, make_mesh())
+    tokenizer = trained_tokenizer(work)
     index = read_index(work.latents)
     values = []
     for split, name in [(s, name) for s in ("train", "eval") for name, _ in index["shards"][s]]:
