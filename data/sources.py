@@ -12,7 +12,8 @@
   hold) and `action_classes(options)`: the class count per part of discrete / multi-part
   actions (the model's default when `config.data.action_classes` is empty);
 - `decodes_at_clip_size`: the reader decodes frames at the clip size instead of its own size
-  (VPT's videos), so no second resize happens.
+  (VPT's videos), so no second resize happens;
+- `frame_rate(options)`: frames per second of its episodes (None: unknown), e.g. for playback.
 A new source is one entry here (and its reader / generator module).
 """
 
@@ -62,6 +63,7 @@ class Source:
     actions: ActionLayout | None = None
     action_classes: Callable[[SourceOptions], tuple[int, ...]] = lambda options: ()
     decodes_at_clip_size: bool = False
+    frame_rate: Callable[[SourceOptions], float | None] = lambda options: None
 
     def reader_frame_size(self, generated: tuple[int, int] | None,
                           clip_size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -107,12 +109,14 @@ def _generate_craftax(path: str, options: SourceOptions) -> None:
 
 
 SOURCES: dict[str, Source] = {source.name: source for source in (
-    Source("sim", _calvin, _generate_sim, CALVIN_ACTIONS),
-    Source("calvin", _calvin, actions=CALVIN_ACTIONS),
+    Source("sim", _calvin, _generate_sim, CALVIN_ACTIONS,
+           frame_rate=lambda o: 30.0 / (o.sim or SimSettings()).frame_skip),
+    Source("calvin", _calvin, actions=CALVIN_ACTIONS, frame_rate=lambda o: 30.0),
     Source("episodes", _npz),
     Source("vpt", _vpt, actions=VPT_ACTIONS, action_classes=lambda o: VPT_ACTION_CLASSES,
-           decodes_at_clip_size=True),
-    Source("coinrun", _npz, _generate_coinrun, DISCRETE, lambda o: (COINRUN_ACTIONS,)),
+           decodes_at_clip_size=True, frame_rate=lambda o: 20.0),
+    Source("coinrun", _npz, _generate_coinrun, DISCRETE, lambda o: (COINRUN_ACTIONS,),
+           frame_rate=lambda o: 15.0),
     Source("craftax", _npz, _generate_craftax, DISCRETE,
            lambda o: (CRAFTAX_ACTIONS[o.craftax_classic],)),
 )}

@@ -82,3 +82,13 @@ def test_launch_action_spec_uses_the_source_classes():
     with pytest.raises(settings.ConfigError, match=r"config\.data\.action_classes: the data has "
                                                    r"discrete actions with 1 part"):
         settings.action_spec(config, ActionLayout("discrete", ()))
+
+
+def test_frame_rates():
+    """The simulator records every `frame_skip`-th 30 Hz step; unknown rates are None."""
+    from data.sim_demos import SimSettings
+
+    rates = {name: source(name).frame_rate(SourceOptions()) for name in sources.NAMES}
+    assert rates == {"sim": 30.0, "calvin": 30.0, "episodes": None, "vpt": 20.0,
+                     "coinrun": 15.0, "craftax": None}
+    assert source("sim").frame_rate(SourceOptions(sim=SimSettings(frame_skip=3))) == 10.0

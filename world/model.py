@@ -93,6 +93,9 @@ def model_folder(path: str, part: str) -> str:
         raise FileNotFoundError(f"{path} has {part} training checkpoints but no saved {part} "
                                 f"model (an older version, or the stage has not finished); "
                                 f"write it with: {_rerun_command(path)}")
+    if os.path.isfile(os.path.join(path, "config.json")):  # a run's workdir
+        raise FileNotFoundError(f"{path} has no {part} model: train it with "
+                                f"{_rerun_command(path)}")
     raise FileNotFoundError(f"{path} has no {part} model: train it first "
                             "(python launch/run.py --config=configs/<dataset>.py).")
 
@@ -160,6 +163,6 @@ class WorldModel(eqx.Module):
         """From a run's workdir or a folder written by `save`. `strict=False` (with
         `dynamics_overrides` such as agent_tokens=8) initialises parameters the saved weights
         lack and ignores saved ones the model no longer has."""
-        return cls(load_tokenizer(model_folder(path, "tokenizer"), strict=strict),
-                   load_dynamics(model_folder(path, "dynamics"), strict=strict,
-                                 **dynamics_overrides))
+        tokenizer, dynamics = model_folder(path, "tokenizer"), model_folder(path, "dynamics")
+        return cls(load_tokenizer(tokenizer, strict=strict),
+                   load_dynamics(dynamics, strict=strict, **dynamics_overrides))
