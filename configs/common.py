@@ -7,8 +7,11 @@ Fields (every size lives here, none in code):
   `action_classes` (class count per part of discrete or multi-part actions; empty: the source's
   own), and the generators' settings (`sim_*`, `gen_episodes`, `gen_max_length`,
   `craftax_classic`, `coinrun_levels`: distinct CoinRun levels, 0 for one per episode);
-- tokenizer: `tokenizer.TokenizerConfig` fields (image_size comes from data);
-- dynamics: `dynamics.DynamicsConfig` fields (latent sizes and actions come from tokenizer/data);
+- tokenizer: `tokenizer.TokenizerConfig` fields with its defaults (image_size comes from data),
+  plus `perceptual_weights` (a local weight file for the perceptual loss; empty: none);
+- dynamics: `dynamics.DynamicsConfig` fields with its defaults (latent sizes, actions and the
+  latent statistics come from the tokenizer and the data; `kv_heads` 0 means None: one KV head
+  per head);
 - train.tokenizer / train.dynamics: steps, batch, sequence lengths, optimizer and schedule,
   log / checkpoint intervals; `optimizer` is "adamw" or "muon" (Muon at `muon_lr` on the
   transformer blocks' matrices, AdamW at `lr` on the rest); the dynamics stage also has the
@@ -19,10 +22,19 @@ Fields (every size lives here, none in code):
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.
 """
 
+import dataclasses
+
 import jax
 import ml_collections
 
+from dynamics import DynamicsConfig
+from tokenizer import TokenizerConfig
+
 VARIANTS = ("full", "small", "tiny")
+# Model config fields that come from the data (launch/settings.py fills them in), not the config.
+TOKENIZER_FROM_DATA = ("image_size",)
+DYNAMICS_FROM_DATA = ("latent_tokens", "latent_dim", "action", "latent_mean", "latent_std",
+                      "action_mean", "action_std")
 
 
 def choose_variant(variant: str | None) -> tuple[str, str]:
@@ -35,6 +47,22 @@ def choose_variant(variant: str | None) -> tuple[str, str]:
     if backend == "cpu":
         return "small", "no accelerator found, so the small CPU variant was chosen"
     return "full", f"{backend} accelerator found, so the full variant was chosen"
+
+
+def dataclass_defaults(cls, *, drop: tuple[str, ...]) -> dict:
+    """{field: default} of the dataclass `cls` but the fields `drop`, in field order: the
+    defaults live in the dataclass alone. A None default becomes 0 (a config field keeps one
+    type, so None could not be overridden on the command line; launch/settings.py reads 0 as
+    None)."""
+    defaults = {}
+    for field in dataclasses.fields(cls):
+        if field.name in drop:
+            continue
+        if field.default is dataclasses.MISSING:
+            raise ValueError(f"{cls.__name__}.{field.name} has no default; give it one or list "
+                             "it among the fields that come from the data.")
+        defaults[field.name] = 0 if field.default is None else field.default
+    return defaults
 
 
 def optimizer_config(steps: int, lr: float, warmup: int, decay: int, batch: int,
@@ -60,18 +88,10 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         gen_episodes=100, gen_max_length=1000, craftax_classic=True, coinrun_levels=0,
         loader_threads=2,
     ))
-    config.tokenizer = ml_collections.ConfigDict(dict(
-        patch=8, n_latents=16, latent_dim=32, enc_width=128, enc_depth=4, enc_heads=4,
-        enc_kv_heads=4, enc_time_every=2, dec_width=128, dec_depth=4, dec_heads=4,
-        dec_kv_heads=4, dec_time_every=2, mlp_ratio=4.0, p_max=0.9, perceptual_weight=0.2,
-        perceptual_weights="", rms_decay=0.99, remat=False, compute_dtype="float32",
-        backend="auto",
-    ))
-    config.dynamics = ml_collections.ConfigDict(dict(
-        width=256, depth=8, heads=4, kv_heads=0, time_every=4, pack=1, registers=4,
-        action_tokens=1, k_max=64, softcap=50.0, remat=False, compute_dtype="float32",
-        backend="auto",
-    ))
+    config.tokenizer = ml_collections.ConfigDict(
+        dataclass_defaults(TokenizerConfig, drop=TOKENIZER_FROM_DATA) | {"perceptual_weights": ""})
+    config.dynamics = ml_collections.ConfigDict(
+        dataclass_defaults(DynamicsConfig, drop=DYNAMICS_FROM_DATA))
     config.train = ml_collections.ConfigDict()
     config.train.tokenizer = optimizer_config(2000, 3e-4, 200, 400, 16, (16,))
     config.train.dynamics = optimizer_config(2000, 3e-4, 200, 400, 16, (32,))

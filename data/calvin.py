@@ -21,7 +21,7 @@ import numpy as np
 from data.episode import (
     NPZ_READ_ERRORS,
     POINT_DIMS,
-    ActionSpec,
+    ActionLayout,
     DataError,
     EpisodeChunk,
     keep_good,
@@ -29,7 +29,7 @@ from data.episode import (
 )
 
 CALVIN_FRAME_SIZE = (200, 200)
-CALVIN_ACTIONS = ActionSpec("continuous", (7,))
+CALVIN_ACTIONS = ActionLayout("continuous", (7,))
 SEGMENTS_FILE = "ep_start_end_ids.npy"
 LANGUAGE_FILE = os.path.join("lang_annotations", "auto_lang_ann.npy")
 # Where each state value sits in concatenate([robot_obs, scene_obs]): tcp, red, blue, pink xyz.
@@ -51,7 +51,7 @@ class CalvinEpisode:
     first_id: int
     last_id: int
     frame_size: tuple[int, int] = CALVIN_FRAME_SIZE
-    action_spec: ActionSpec = CALVIN_ACTIONS
+    action_layout: ActionLayout = CALVIN_ACTIONS
     state_size: int | None = None  # CALVIN_STATE_SIZE when the files hold robot/scene_obs
 
     @property

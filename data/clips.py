@@ -31,8 +31,12 @@ into a folder it made or an empty one, and holds the folder's lock (`<out>/.lock
 writes, so a second preparation of the same folder stops at once instead of deleting the first
 one's temporary shards. A folder prepared before clips stored states keeps its plan, and so
 stays without states, when re-run.
+
+Reading: `ClipStore(folder)` owns the layout (shards per split, clips by position or by
+`ClipId` (episode, start), the first clips of a split); nothing else walks the index's shards.
 """
 
+import bisect
 import dataclasses
 import functools
 import json
@@ -41,15 +45,17 @@ import shutil
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from data.episode import (
+    ActionLayout,
     DataError,
     EpisodeRef,
     SkippableDataError,
     SkippedDataWarning,
-    dataset_action_spec,
+    dataset_action_layout,
     dataset_state_size,
 )
 from data.images import resize_frames
@@ -149,12 +155,12 @@ def _target_frame_size(episodes: Sequence[EpisodeRef], settings: ClipSettings) -
     return sizes.pop()
 
 
-def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec,
+def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_layout,
                  state_size: int = 0):
     """Frames (resized), actions and (`state_size` > 0) states of ref[start:stop], read in
     bounded chunks."""
     frames = np.empty((stop - start, *frame_size, 3), np.uint8)
-    actions = np.zeros((stop - start, *action_spec.shape), action_spec.dtype)
+    actions = np.zeros((stop - start, *action_layout.shape), action_layout.dtype)
     states = np.zeros((stop - start, state_size), np.float32)
     chunk_frames = getattr(ref, "read_chunk", READ_CHUNK) or stop - start
     for lo in range(start, stop, chunk_frames):
@@ -165,7 +171,7 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
             actions[lo - start : hi - start] = chunk.actions
         if state_size:
             states[lo - start : hi - start] = chunk.states
-    if ref.action_spec is not None and not np.all(np.isfinite(actions)):
+    if ref.action_layout is not None and not np.all(np.isfinite(actions)):
         bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
         raise DataError(
             f"{ref.source(int(bad[0]))}: non-finite actions at frames {bad[:5].tolist()} of "
@@ -175,21 +181,21 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_spec
 
 
 def write_shard(
-    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_spec, skip_bad: bool,
-    state_size: int = 0,
+    task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_layout,
+    skip_bad: bool, state_size: int = 0,
 ) -> tuple[int, list[str]]:
     """Writes one shard atomically (with states.npy when `state_size` > 0); returns (clips
     written, errors of skipped pieces)."""
     length = settings.length
     frames = np.empty((task.clips, length, *frame_size, 3), np.uint8)
-    actions = np.zeros((task.clips, length, *action_spec.shape), action_spec.dtype)
+    actions = np.zeros((task.clips, length, *action_layout.shape), action_layout.dtype)
     has_action = np.zeros((task.clips, length), bool)
     states = np.zeros((task.clips, length, state_size), np.float32)
     episode_names, starts, skipped = [], [], []
     for ref, piece_starts in task.pieces:
         try:
             window_frames, window_actions, window_states = _read_window(
-                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_spec,
+                ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_layout,
                 state_size,
             )
         except DataError as e:
@@ -202,7 +208,7 @@ def write_shard(
             frames[row] = window_frames[offset : offset + length]
             actions[row] = window_actions[offset : offset + length]
             states[row] = window_states[offset : offset + length]
-            has_action[row] = ref.action_spec is not None
+            has_action[row] = ref.action_layout is not None
             episode_names.append(ref.name)
             starts.append(start)
     kept = len(starts)
@@ -226,11 +232,11 @@ def save_shard(final: str, arrays: dict[str, np.ndarray], clips: dict) -> None:
     os.rename(temp, final)
 
 
-def _plan_json(splits, tasks, settings, frame_size, action_spec, state_size) -> dict:
+def _plan_json(splits, tasks, settings, frame_size, action_layout, state_size) -> dict:
     plan = {
         "settings": dataclasses.asdict(settings),
         "frame_size": list(frame_size),
-        "action": action_spec.to_json(),
+        "action": action_layout.to_json(),
         **({"state_size": state_size} if state_size else {}),
         "splits": {
             split: {
@@ -271,7 +277,7 @@ def prepare_clips(
     episodes = [e for split in splits.values() for e in split]
     if not episodes:
         raise DataError(f"{out_dir}: no episodes to cut into clips; check the data path")
-    action_spec = dataset_action_spec(episodes)
+    action_layout = dataset_action_layout(episodes)
     frame_size = _target_frame_size(episodes, settings)
     tasks = plan_shards(splits, settings)
     if not tasks:
@@ -283,16 +289,16 @@ def prepare_clips(
         print(f"clips: {len(short)} of the {len(episodes)} episodes are shorter than a clip "
               f"({settings.length} frames) and give no clips (e.g. {short[0].name}: "
               f"{short[0].length} frames)", file=sys.stderr, flush=True)
-    plan = _plan_json(splits, tasks, settings, frame_size, action_spec,
+    plan = _plan_json(splits, tasks, settings, frame_size, action_layout,
                       dataset_state_size(episodes))
     check_own_folder(out_dir, INDEX_FILE, "clip preparation",
                      "choose a new or empty output folder for the clips")
     with FolderLock(out_dir):
-        return _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec,
+        return _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layout,
                             num_workers=num_workers, skip_bad=skip_bad, progress=progress)
 
 
-def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec, *,
+def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layout, *,
                  num_workers, skip_bad, progress) -> dict:
     """prepare_clips once it holds the folder's lock: index, missing shards, finished index."""
     index_path = os.path.join(out_dir, INDEX_FILE)
@@ -324,7 +330,7 @@ def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_spec
         out_dir=out_dir,
         settings=settings,
         frame_size=frame_size,
-        action_spec=action_spec,
+        action_layout=action_layout,
         skip_bad=skip_bad,
         state_size=plan.get("state_size", 0),
     )
@@ -400,3 +406,136 @@ def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
                 "writes only missing shards)"
             ) from error
     return arrays
+
+
+class ClipId(NamedTuple):
+    """Where a clip comes from: its episode's name and its first frame in that episode."""
+
+    episode: str
+    start: int
+
+
+class ClipStore:
+    """A finished clip folder, or a folder in the same layout with other arrays (the launch's
+    latents stage writes latents instead of frames): the shards of each split, a clip by
+    (split, position), clip ids, the first clips of a split and clips by id.
+
+    `index`: use this index instead of reading the folder's (a folder still being written).
+    Positions count the clips of a split in shard order; ids are `ClipId`s from each shard's
+    clips.json, so two folders of the same clips pair up by id whatever their order.
+    """
+
+    def __init__(self, folder: str, index: dict | None = None):
+        self.folder = folder
+        self.index = read_index(folder) if index is None else index
+        self._positions: dict[str, tuple[list[str], list[int]]] = {}  # names, first positions
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.index["shards"])
+
+    @property
+    def clip_length(self) -> int:
+        return self.index["plan"]["settings"]["length"]
+
+    @property
+    def action_layout(self) -> ActionLayout:
+        return ActionLayout.from_json(self.index["plan"]["action"])
+
+    def shards(self, split: str) -> list[tuple[str, int]]:
+        """(name, clip count) of the split's shards that hold clips, in order."""
+        if split not in self.index["shards"]:
+            raise DataError(f"{self.folder}: no split {split!r} (has "
+                            f"{sorted(self.index['shards'])}); prepare it")
+        return [(name, count) for name, count in self.index["shards"][split] if count > 0]
+
+    def shard_dir(self, split: str, name: str) -> str:
+        return os.path.join(self.folder, split, name)
+
+    def read_shard(self, split: str, name: str) -> dict[str, np.ndarray]:
+        """The shard's arrays, memory-mapped read-only."""
+        return open_shard(self.shard_dir(split, name))
+
+    def shard_clips(self, split: str, name: str) -> dict[str, list]:
+        """The shard's clips.json: {"episode": [...], "start": [...]}, one entry per clip."""
+        with open(os.path.join(self.shard_dir(split, name), "clips.json")) as f:
+            return json.load(f)
+
+    def shard_ids(self, split: str, name: str) -> list[ClipId]:
+        clips = self.shard_clips(split, name)
+        return [ClipId(e, int(s)) for e, s in zip(clips["episode"], clips["start"], strict=True)]
+
+    def count(self, split: str) -> int:
+        return sum(count for _, count in self.shards(split))
+
+    def ids(self, split: str) -> list[ClipId]:
+        """The ids of every clip of the split, by position."""
+        return [i for name, _ in self.shards(split) for i in self.shard_ids(split, name)]
+
+    def clip(self, split: str, position: int) -> dict[str, np.ndarray]:
+        """Clip `position` of the split: each array's row, [L, ...] (shards opened once and
+        kept memory-mapped)."""
+        if split not in self._positions:
+            shards = self.shards(split)
+            self._positions[split] = ([name for name, _ in shards],
+                                      np.cumsum([0] + [n for _, n in shards]).tolist())
+        names, offsets = self._positions[split]
+        if not 0 <= position < offsets[-1]:
+            raise IndexError(f"{self.folder}: split {split!r} has {offsets[-1]} clips, no clip "
+                             f"{position}")
+        shard = bisect.bisect_right(offsets, position) - 1
+        arrays = _cached_shard(self.shard_dir(split, names[shard]))
+        return {key: value[position - offsets[shard]] for key, value in arrays.items()}
+
+    def first(self, split: str, count: int, length: int | None = None) -> dict[str, np.ndarray]:
+        """The first `count` clips of the split (fewer if it has fewer), each cut to its first
+        `length` frames (None: whole), as arrays [n, length, ...]."""
+        rows: dict[str, list] = {}
+        found = 0
+        for name, n in self.shards(split):
+            if found >= count:
+                break
+            for key, value in self.read_shard(split, name).items():
+                rows.setdefault(key, []).append(np.asarray(value[:, :length]))
+            found += n
+        if not rows:
+            raise DataError(f"{self.folder}: split {split!r} holds no clips; prepare the data "
+                            "with episodes in that split")
+        return {key: np.concatenate(value)[:count] for key, value in rows.items()}
+
+    def first_ids(self, split: str, count: int) -> list[ClipId]:
+        """The ids of the clips `first(split, count)` returns."""
+        ids = []
+        for name, _ in self.shards(split):
+            if len(ids) >= count:
+                break
+            ids += self.shard_ids(split, name)
+        return ids[:count]
+
+    def by_ids(self, split: str, ids: Sequence[ClipId], length: int | None = None
+               ) -> dict[str, np.ndarray]:
+        """The clips `ids` of the split in that order, each cut to `length` frames, as arrays
+        [len(ids), length, ...]; DataError naming the first id this folder does not hold."""
+        where = {}
+        for name, _ in self.shards(split):
+            for row, clip_id in enumerate(self.shard_ids(split, name)):
+                where[clip_id] = (name, row)
+        missing = [clip_id for clip_id in ids if clip_id not in where]
+        if missing:
+            raise DataError(f"{self.folder}: split {split!r} has no clip of episode "
+                            f"{missing[0].episode!r} starting at frame {missing[0].start} "
+                            f"({len(missing)} of the {len(ids)} clips asked for are missing)")
+        opened: dict[str, dict[str, np.ndarray]] = {}
+        rows: dict[str, list] = {}
+        for clip_id in ids:
+            name, row = where[clip_id]
+            if name not in opened:
+                opened[name] = self.read_shard(split, name)
+            for key, value in opened[name].items():
+                rows.setdefault(key, []).append(np.asarray(value[row, :length]))
+        return {key: np.stack(value) for key, value in rows.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_shard(shard_dir: str) -> dict[str, np.ndarray]:
+    return open_shard(shard_dir)

@@ -2,7 +2,7 @@
 
 An episode is a sequence of frames (uint8 [T, H, W, 3]) with optional actions in the dataset
 convention: `actions[t]` is the action taken after seeing `frames[t]`. Readers return lazy
-`EpisodeRef`s (name, length, frame size, action spec, `read(start, stop)`), so preprocessing can
+`EpisodeRef`s (name, length, frame size, action layout, `read(start, stop)`), so preprocessing can
 plan clips from cheap metadata and read each frame range in a worker process.
 
 Action kinds: "continuous" float32 [T, A], "discrete" int32 [T], "multipart" int32 [T, P].
@@ -41,7 +41,7 @@ class SkippedDataWarning(UserWarning):
 
 
 @dataclasses.dataclass(frozen=True)
-class ActionSpec:
+class ActionLayout:
     """Per-step action layout: kind plus the shape of one step's action (no time axis)."""
 
     kind: str
@@ -59,7 +59,7 @@ class ActionSpec:
         return np.dtype(ACTION_KINDS[self.kind])
 
     @classmethod
-    def infer(cls, dtype: np.dtype, step_shape: tuple[int, ...]) -> "ActionSpec":
+    def infer(cls, dtype: np.dtype, step_shape: tuple[int, ...]) -> "ActionLayout":
         """Kind from an action array's dtype and per-step shape (float -> continuous, ...)."""
         dtype = np.dtype(dtype)
         if np.issubdtype(dtype, np.floating) and len(step_shape) == 1:
@@ -75,12 +75,12 @@ class ActionSpec:
         return {"kind": self.kind, "shape": list(self.shape), "dtype": self.dtype.name}
 
     @classmethod
-    def from_json(cls, value: dict) -> "ActionSpec":
+    def from_json(cls, value: dict) -> "ActionLayout":
         return cls(value["kind"], tuple(value["shape"]))
 
 
 # The layout stored for datasets whose episodes carry no actions at all.
-NO_ACTIONS = ActionSpec("continuous", (0,))
+NO_ACTIONS = ActionLayout("continuous", (0,))
 
 
 POINT_DIMS = 3  # state values per point (xyz)
@@ -109,7 +109,7 @@ class EpisodeRef(Protocol):
     name: str
     length: int
     frame_size: tuple[int, int]
-    action_spec: ActionSpec | None
+    action_layout: ActionLayout | None
 
     def read(self, start: int, stop: int) -> EpisodeChunk: ...
 
@@ -121,11 +121,11 @@ def read_episode(ref: EpisodeRef) -> EpisodeChunk:
     return ref.read(0, ref.length)
 
 
-def dataset_action_spec(refs: Sequence[EpisodeRef]) -> ActionSpec:
+def dataset_action_layout(refs: Sequence[EpisodeRef]) -> ActionLayout:
     """The one action layout of a set of episodes (`NO_ACTIONS` if none has actions)."""
-    specs = {ref.action_spec for ref in refs if ref.action_spec is not None}
+    specs = {ref.action_layout for ref in refs if ref.action_layout is not None}
     if len(specs) > 1:
-        found = {spec: next(r.name for r in refs if r.action_spec == spec) for spec in specs}
+        found = {spec: next(r.name for r in refs if r.action_layout == spec) for spec in specs}
         listing = "; ".join(f"{spec.kind} {spec.shape} in {name}" for spec, name in found.items())
         raise DataError(
             f"episodes mix action layouts ({listing}): every episode with actions must use the "
@@ -191,7 +191,7 @@ def keep_good(items: Sequence, describe, *, skip_bad: bool, what: str, where: st
     return kept
 
 
-NOISE_ACTIONS = ActionSpec("continuous", (7,))
+NOISE_ACTIONS = ActionLayout("continuous", (7,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +201,7 @@ class NoiseEpisode:
     name: str
     length: int
     frame_size: tuple[int, int]
-    action_spec: ActionSpec = NOISE_ACTIONS
+    action_layout: ActionLayout = NOISE_ACTIONS
 
     def source(self, frame: int) -> str:
         return self.name

@@ -21,7 +21,7 @@ import numpy as np
 from data.episode import (
     NPZ_READ_ERRORS,
     POINT_DIMS,
-    ActionSpec,
+    ActionLayout,
     DataError,
     EpisodeChunk,
     keep_good,
@@ -38,7 +38,7 @@ class NpzEpisode:
     name: str
     length: int
     frame_size: tuple[int, int]
-    action_spec: ActionSpec | None
+    action_layout: ActionLayout | None
     state_size: int | None = None
     read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
 
@@ -49,7 +49,7 @@ class NpzEpisode:
         try:
             with np.load(self.path, allow_pickle=False) as npz:
                 frames = npz["frames"][start:stop]
-                actions = npz["actions"][start:stop] if self.action_spec is not None else None
+                actions = npz["actions"][start:stop] if self.action_layout is not None else None
                 states = (npz["states"][start:stop].astype(np.float32) if self.state_size
                           else None)
         except NPZ_READ_ERRORS as e:
@@ -58,7 +58,7 @@ class NpzEpisode:
                 "truncated: write it again, or pass skip_bad=True to leave it out"
             ) from e
         if actions is not None:
-            actions = actions.astype(self.action_spec.dtype)
+            actions = actions.astype(self.action_layout.dtype)
         return EpisodeChunk(frames, actions, states)
 
 
@@ -97,7 +97,7 @@ def _describe(path: str, name: str) -> NpzEpisode:
                 "frames[t]; pad the last one if your data has T-1 actions)"
             )
         try:
-            spec = ActionSpec.infer(action_dtype, action_shape[1:])
+            spec = ActionLayout.infer(action_dtype, action_shape[1:])
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
     return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec,

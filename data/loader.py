@@ -15,15 +15,12 @@ A batch is a dict: frames uint8 [B, T, H, W, 3], actions [B, T, ...] (float32 or
 index's action layout), has_action bool [B, T].
 """
 
-import bisect
 import dataclasses
-import functools
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
-from data.clips import open_shard, read_index
+from data.clips import ClipStore
 from data.episode import DataError
 
 
@@ -38,35 +35,21 @@ def _import_grain():
     return grain
 
 
-@functools.lru_cache(maxsize=256)
-def _cached_shard(shard_dir: str) -> dict[str, np.ndarray]:
-    return open_shard(shard_dir)
-
-
 class ClipSource:
     """Random access to every clip of one split: `source[i]` -> dict of [L, ...] array views."""
 
     def __init__(self, clips_dir: str, split: str):
-        index = read_index(clips_dir)
-        if split not in index["shards"]:
-            raise DataError(
-                f"{clips_dir}: no split {split!r} (has {sorted(index['shards'])}); prepare it"
-            )
-        shards = [(name, count) for name, count in index["shards"][split] if count > 0]
-        if not shards:
+        self.store, self.split = ClipStore(clips_dir), split
+        self.clips = self.store.count(split)
+        if not self.clips:
             raise DataError(f"{clips_dir}: split {split!r} holds no clips")
-        self.shard_dirs = [os.path.join(clips_dir, split, name) for name, _ in shards]
-        self.offsets = np.cumsum([0] + [count for _, count in shards]).tolist()
-        self.clip_length = index["plan"]["settings"]["length"]
+        self.clip_length = self.store.clip_length
 
     def __len__(self) -> int:
-        return self.offsets[-1]
+        return self.clips
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        shard = bisect.bisect_right(self.offsets, i) - 1
-        arrays = _cached_shard(self.shard_dirs[shard])
-        row = i - self.offsets[shard]
-        return {key: value[row] for key, value in arrays.items()}
+        return self.store.clip(self.split, i)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Source selection and the command line that turns any source into clips.
+"""The command line that turns any source (`data/sources.py`) into clips.
 
     python -m data.prepare --format=sim --path=runs/sim_calvin --out=runs/clips \
         --length=16 --stride=8 --image_size=64 --workers=2
@@ -17,76 +17,11 @@ import os
 
 from absl import app, flags
 
-from data.calvin import CALVIN_FRAME_SIZE, calvin_episodes
-from data.clips import ClipSettings, hold_out_episodes, prepare_clips
-from data.coinrun import CoinRunSettings, generate_coinrun
-from data.craftax import CraftaxSettings, generate_craftax
-from data.episode import EpisodeRef
-from data.episodes import npz_episodes
-from data.sim_demos import SimSettings, generate_calvin_dataset
-from data.vpt import VPT_FRAME_SIZE, vpt_episodes
+from data.clips import ClipSettings, prepare_clips
+from data.sim_demos import SimSettings
+from data.sources import NAMES, SourceOptions, source_splits
 
-FORMATS = ("calvin", "episodes", "sim", "vpt", "coinrun", "craftax")
-NPZ_FORMATS = ("episodes", "coinrun", "craftax")  # read as a folder of .npz episodes
-
-
-def episode_splits(
-    data_format: str,
-    path: str,
-    *,
-    eval_fraction: float = 0.05,
-    seed: int = 0,
-    skip_bad: bool = False,
-    frame_size: tuple[int, int] | None = None,
-) -> dict[str, list[EpisodeRef]]:
-    """{"train": [...], "eval": [...]} episodes of a source, split by episode.
-
-    CALVIN-layout sources (`calvin`, `sim`, whose frames are `frame_size`, default 200x200) use
-    their validation/ folder as eval when it exists; `vpt` decodes frames at `frame_size`
-    (default 224x384); otherwise `eval_fraction` of the episodes is held out.
-    """
-    if data_format not in FORMATS:
-        raise ValueError(f"unknown data format {data_format!r}; use one of {FORMATS}")
-    if data_format in NPZ_FORMATS:
-        return hold_out_episodes(npz_episodes(path, skip_bad=skip_bad), eval_fraction, seed)
-    if data_format == "vpt":
-        episodes = vpt_episodes(path, frame_size=frame_size or VPT_FRAME_SIZE, skip_bad=skip_bad)
-        return hold_out_episodes(episodes, eval_fraction, seed)
-    frame_size = frame_size or CALVIN_FRAME_SIZE
-    train = calvin_episodes(path, "training", frame_size=frame_size, skip_bad=skip_bad)
-    if not os.path.isdir(os.path.join(path, "validation")):
-        return hold_out_episodes(train, eval_fraction, seed)
-    held = calvin_episodes(path, "validation", frame_size=frame_size, skip_bad=skip_bad)
-    return {"train": train, "eval": held}
-
-
-def generate_source(
-    data_format: str,
-    path: str,
-    *,
-    seed: int = 0,
-    workers: int = 1,
-    sim: SimSettings | None = None,
-    episodes: int = 100,
-    max_length: int = 1000,
-    craftax_classic: bool = True,
-    coinrun_levels: int = 0,
-) -> tuple[int, int] | None:
-    """Runs the generator of `sim`, `coinrun` or `craftax` at `path` (resumable; nothing for
-    other formats). Returns the frame size its episodes have when the reader must be told (sim)."""
-    if data_format == "sim":
-        sim = sim or SimSettings(seed=seed)
-        generate_calvin_dataset(path, sim, num_workers=workers)
-        return (sim.image_size, sim.image_size)
-    if data_format == "coinrun":
-        settings = CoinRunSettings(episodes, max_length, seed, levels=coinrun_levels)
-        generate_coinrun(path, settings, num_workers=workers)
-    elif data_format == "craftax":
-        generate_craftax(path, CraftaxSettings(episodes, max_length, seed, craftax_classic))
-    return None
-
-
-_FORMAT = flags.DEFINE_enum("format", "sim", FORMATS, "source format")
+_FORMAT = flags.DEFINE_enum("format", "sim", NAMES, "source format (data/sources.py)")
 _PATH = flags.DEFINE_string("path", None, "source folder (generators: where to write it)")
 _OUT = flags.DEFINE_string("out", None, "output folder for the clips")
 _LENGTH = flags.DEFINE_integer("length", 16, "frames per clip")
@@ -116,17 +51,13 @@ def main(argv):
         _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value,
         _SIM_FRAME_SKIP.value,
     )
-    frame_size = generate_source(
-        _FORMAT.value, _PATH.value, seed=_SEED.value, workers=_WORKERS.value, sim=sim,
-        episodes=_GEN_EPISODES.value, max_length=_GEN_MAX_LENGTH.value,
-        craftax_classic=_CRAFTAX_CLASSIC.value, coinrun_levels=_COINRUN_LEVELS.value,
-    )  # fmt: skip
-    if _FORMAT.value == "vpt":
-        frame_size = image_size  # decode VPT at the clip size
-    splits = episode_splits(
-        _FORMAT.value, _PATH.value, eval_fraction=_EVAL_FRACTION.value, seed=_SEED.value,
-        skip_bad=_SKIP_BAD.value, frame_size=frame_size,
-    )  # fmt: skip
+    options = SourceOptions(
+        seed=_SEED.value, workers=_WORKERS.value, eval_fraction=_EVAL_FRACTION.value,
+        skip_bad=_SKIP_BAD.value, sim=sim, episodes=_GEN_EPISODES.value,
+        max_length=_GEN_MAX_LENGTH.value, craftax_classic=_CRAFTAX_CLASSIC.value,
+        coinrun_levels=_COINRUN_LEVELS.value,
+    )
+    splits = source_splits(_FORMAT.value, _PATH.value, options, image_size)
     settings = ClipSettings(_LENGTH.value, _STRIDE.value, image_size, _CLIPS_PER_SHARD.value)
     index = prepare_clips(
         splits, _OUT.value, settings, num_workers=_WORKERS.value, skip_bad=_SKIP_BAD.value

@@ -37,7 +37,7 @@ import os
 
 import numpy as np
 
-from data.episode import ActionSpec, DataError, EpisodeChunk, keep_good
+from data.episode import ActionLayout, DataError, EpisodeChunk, keep_good
 
 VPT_FRAME_SIZE = (224, 384)
 VPT_BUTTONS = (
@@ -64,7 +64,7 @@ CAMERA_MAX_DEGREES = 10.0
 CAMERA_MU = 10.0
 CAMERA_BINS = 11
 VPT_ACTION_CLASSES = (2,) * len(VPT_BUTTONS) + (CAMERA_BINS**2,)
-VPT_ACTIONS = ActionSpec("multipart", (len(VPT_ACTION_CLASSES),))
+VPT_ACTIONS = ActionLayout("multipart", (len(VPT_ACTION_CLASSES),))
 _BUTTON_INDEX = {name: i for i, name in enumerate(VPT_BUTTONS)}
 
 
@@ -147,7 +147,7 @@ class VptEpisode:
     name: str
     length: int
     frame_size: tuple[int, int] = VPT_FRAME_SIZE
-    action_spec: ActionSpec = VPT_ACTIONS
+    action_layout: ActionLayout = VPT_ACTIONS
 
     def source(self, frame: int) -> str:
         return self.actions_path

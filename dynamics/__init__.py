@@ -1,6 +1,7 @@
 """Dynamics model: action encoders and alignment (`actions`), the model (`model`), shortcut-
-forcing and MeanFlow objectives (`objectives`) and the KV-cached autoregressive sampler
-(`sampler`). Works on tokenizer latents; knows nothing about pixels or files."""
+forcing and MeanFlow objectives (`objectives`), the KV-cached autoregressive sampler (`sampler`)
+and the loss and train step over dataset batches (`train`). Works on tokenizer latents; knows
+nothing about pixels or files."""
 
 from dynamics.actions import ActionEncoder, ActionSpec, align_actions
 from dynamics.model import Dynamics, DynamicsConfig

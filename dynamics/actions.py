@@ -18,6 +18,7 @@ radians, raw torques) does not decide how loudly it speaks.
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -48,6 +49,21 @@ class ActionSpec:
                              f"{self.classes}.")
         if self.kind == "discrete" and len(self.classes) != 1:
             raise ValueError(f"discrete actions have one part, got classes={self.classes}.")
+
+    @classmethod
+    def from_layout(cls, layout, classes: Sequence[int] = ()) -> "ActionSpec":
+        """The spec of a dataset's per-step action layout (`layout.kind`, `layout.shape`, as
+        `data.episode.ActionLayout` has them) and, for discrete and multi-part actions, the
+        class count of each part. A continuous layout with no values (a dataset without
+        actions) gets dim 1: every frame then has the "no action" embedding."""
+        kind, shape = layout.kind, tuple(layout.shape)
+        if kind == "continuous":
+            return cls("continuous", dim=max(shape[0], 1))
+        parts = 1 if kind == "discrete" else shape[0]
+        if len(classes) != parts:
+            raise ValueError(f"the data has {kind} actions with {parts} part(s); give one class "
+                             f"count per part (got {tuple(classes)}).")
+        return cls(kind, classes=tuple(classes))
 
 
 def random_actions(spec: ActionSpec, batch: int, time: int, *, key: PRNGKeyArray

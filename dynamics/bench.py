@@ -1,5 +1,5 @@
-"""Generation speed: `python -m dynamics.bench [--models=small,calvin] [--contexts=8,32,64]
-[--frames=16] [--json=rows.json]`.
+"""Generation speed of a dynamics model: the measurements of `python -m launch.generation_bench`
+(the command line and the model presets, which come from the configs, live there).
 
 Frames per second of autoregressive generation with K denoising steps, with the KV cache
 (`sampler.next_frame`: K + 1 passes over the new frame alone) and without it
@@ -15,67 +15,17 @@ temporaries - aliased), and `peak_mb` is the process peak so far (max RSS on CPU
 on GPU), so it only grows from row to row.
 """
 
-import dataclasses
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from absl import app, flags
 from jaxtyping import Array, Bool, Float
 
-from core.timing import call_seconds, compile_timed, peak_memory_mb, print_rows, write_rows_json
-from dynamics.actions import ActionSpec, random_actions
+from core.timing import call_seconds, compile_timed, peak_memory_mb, print_rows
+from dynamics.actions import random_actions
 from dynamics.model import Dynamics, DynamicsConfig
 from dynamics.sampler import _uncached_frame, context_noise, next_frame, prefill, renoise
 
-_MODELS = flags.DEFINE_list("models", ["small", "calvin"], "Model presets to time.")
-_CONTEXTS = flags.DEFINE_list("contexts", ["8", "32", "64"], "Context lengths in frames.")
-_FRAMES = flags.DEFINE_integer("frames", 16, "Timed frames per measurement (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
-_STEPS = flags.DEFINE_integer("steps", 4, "Denoising steps K per frame.")
-_BATCH = flags.DEFINE_integer("batch", None, "Batch size for every model (default: preset's).")
-_JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file.")
-_DTYPE = flags.DEFINE_string("dtype", None, "Compute (and KV cache) dtype; default bfloat16 on "
-                             "an accelerator, float32 on a CPU.")
-_FLOORS = flags.DEFINE_bool("floors", False, "Only print each row's FLOPs and bytes per frame "
-                            "(XLA cost analysis, no run) and the frames/s floor they allow at "
-                            "--peak_tflops and --bandwidth_tbs.")
-_PEAK = flags.DEFINE_float("peak_tflops", 989.0, "Dense matmul peak for --floors (H100 SXM "
-                           "bf16: 989).")
-_BANDWIDTH = flags.DEFINE_float("bandwidth_tbs", 3.35, "Memory bandwidth for --floors (H100 "
-                                "SXM: 3.35 TB/s).")
-
-ACTION = ActionSpec("continuous", dim=7)
 CONTEXT_SIGNAL = 0.9
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """A model size and the batch it is timed at."""
-
-    config: DynamicsConfig
-    batch: int
-
-
-PRESETS = {
-    # A small CPU config (64x64 frames -> 16 latents x 32).
-    "small": Preset(DynamicsConfig(latent_tokens=16, latent_dim=32, action=ACTION, width=128,
-                                   depth=4, heads=4, time_every=2, registers=4, k_max=16), 4),
-    # CALVIN dynamics (32 latents x 32); batch 1 keeps CPU runs short.
-    "calvin": Preset(DynamicsConfig(latent_tokens=32, latent_dim=32, action=ACTION, width=768,
-                                    depth=8, heads=12, time_every=4, registers=4, k_max=128), 1),
-    # configs/coinrun.py full: 16 latents x 32, 15 discrete actions.
-    "coinrun": Preset(DynamicsConfig(latent_tokens=16, latent_dim=32,
-                                     action=ActionSpec("discrete", classes=(15,)), width=768,
-                                     depth=12, heads=12, kv_heads=4, time_every=4, registers=4,
-                                     k_max=128), 1),
-    # Minecraft scale: about 1B parameters, 256 spatial tokens (512 latents x 16
-    # packed by 2), VPT's multi-part actions (23 keys and buttons, 121 camera classes).
-    "minecraft": Preset(DynamicsConfig(latent_tokens=512, latent_dim=16, pack=2,
-                                       action=ActionSpec("multipart", classes=(2,) * 23 + (121,)),
-                                       width=2048, depth=20, heads=16, kv_heads=4, time_every=4,
-                                       registers=8, k_max=64), 1),
-}
 
 
 def bench_inputs(config: DynamicsConfig, batch: int, context: int) -> tuple[
@@ -188,39 +138,3 @@ def floor_row(name: str, config: DynamicsConfig, batch: int, context: int, *, st
             "gflop_per_frame": flops / 1e9, "gb_per_frame": nbytes / 1e9,
             "floor_fps": 1 / max(compute_s, memory_s), "resident_gb": (weights + cache) / 1e9,
             "bound": "compute" if compute_s > memory_s else "memory"}
-
-
-def main(argv):
-    del argv
-    print(f"devices: {jax.devices()}  jax {jax.__version__}  K={_STEPS.value}", flush=True)
-    on_cpu = jax.default_backend() == "cpu"
-    dtype = _DTYPE.value or ("float32" if on_cpu else "bfloat16")
-    rows = []
-    for name in _MODELS.value:
-        preset = PRESETS[name]
-        config = dataclasses.replace(preset.config, compute_dtype=dtype)
-        batch = _BATCH.value or preset.batch
-        if _FLOORS.value:
-            for context in map(int, _CONTEXTS.value):
-                row = floor_row(name, config, batch, context, steps=_STEPS.value,
-                                peak_flops=_PEAK.value * 1e12, bandwidth=_BANDWIDTH.value * 1e12)
-                print(f"{name} {dtype} batch {batch} context {context}: "
-                      f"{row['gflop_per_frame']:.1f} GFLOP, {row['gb_per_frame']:.2f} GB per "
-                      f"frame -> floor {row['floor_fps']:.0f} frames/s ({row['bound']}); "
-                      f"weights + cache {row['resident_gb']:.2f} GB")
-                rows.append(row)
-            continue
-        model = Dynamics(config, key=jax.random.key(0))
-        params = sum(x.size for x in jax.tree.leaves(model) if isinstance(x, jax.Array))
-        print(f"{name}: {params / 1e6:.2f}M parameters, {dtype}, batch {batch}", flush=True)
-        for context in map(int, _CONTEXTS.value):
-            rows.append(bench_row(name, model, batch, context, steps=_STEPS.value,
-                                  warmup=_WARMUP.value, repeats=_FRAMES.value))
-            print(f"done {name} context {context}", flush=True)
-    if not _FLOORS.value:
-        print_table(rows)
-    write_rows_json(_JSON.value, rows)
-
-
-if __name__ == "__main__":
-    app.run(main)

@@ -28,12 +28,13 @@ import optax
 from absl import app, flags
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from core.training import init_state, make_train_step
+from core.training import init_state
 from dynamics.actions import align_actions
 from dynamics.model import Dynamics
-from dynamics.objectives import OBJECTIVES, dynamics_loss
+from dynamics.objectives import OBJECTIVES
 from dynamics.sampler import generate
-from dynamics.toy import blob_config, blob_latents
+from dynamics.toy import blob_batch, blob_config, blob_latents
+from dynamics.train import loss_fn, make_train_step
 
 _STEPS = flags.DEFINE_integer("steps", 500, "Train steps per objective.")
 _BATCH = flags.DEFINE_integer("batch", 16, "Sequences per batch.")
@@ -46,35 +47,25 @@ _JSON = flags.DEFINE_string("json", None, "Also write the rows to this JSON file
 TAIL = 50  # steps averaged for the final loss
 
 
-def loss_fn(model, loss_state, step, batch, *, key, objective, bootstrap_rows):
-    """The shared train step's loss contract over a (latents, dataset-convention actions) batch."""
-    del step
-    latents, actions = batch
-    has = jnp.ones(latents.shape[:2], bool)
-    loss, metrics = dynamics_loss(model, latents, *align_actions(actions, has), key=key,
-                                  objective=objective, bootstrap_rows=bootstrap_rows)
-    return loss, (metrics, loss_state)
-
-
-def make_step() -> tuple[optax.GradientTransformation, Callable]:
-    """The optimizer and the jitted train step (static: objective, bootstrap_rows)."""
+def make_step(objective: str) -> tuple[optax.GradientTransformation, Callable]:
+    """The optimizer and the jitted train step of `objective` (`dynamics.train`; static:
+    bootstrap_rows)."""
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-3))
-    return optimizer, make_train_step(loss_fn, optimizer,
-                                      static_argnames=("objective", "bootstrap_rows"))
+    return optimizer, make_train_step(optimizer, loss_fn(objective=objective))
 
 
 def train(objective: str, key: PRNGKeyArray, *, steps: int, batch: int, frames: int
           ) -> tuple[Dynamics, list[dict]]:
     """The trained model and the metrics of every step."""
     k_model, k_data = jax.random.split(key)
-    optimizer, step = make_step()
+    optimizer, step = make_step(objective)
     state = init_state(Dynamics(blob_config(), key=k_model), optimizer)
-    data = jax.jit(blob_latents, static_argnums=(1, 2))
+    data = jax.jit(blob_batch, static_argnums=(1, 2))
     history = []
     for i in range(steps):
         k_batch, k_step = jax.random.split(jax.random.fold_in(k_data, i))
         bootstrap = batch // 4 if objective == "shortcut" and i >= steps // 2 else 0
-        state, metrics = step(state, data(k_batch, batch, frames), k_step, objective=objective,
+        state, metrics = step(state, data(k_batch, batch, frames), k_step,
                               bootstrap_rows=bootstrap)
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     return state.model, history
@@ -82,19 +73,20 @@ def train(objective: str, key: PRNGKeyArray, *, steps: int, batch: int, frames: 
 
 def time_steps(key: PRNGKeyArray, *, batch: int, frames: int, rounds: int) -> list[dict]:
     """GFLOP, median and fastest ms of each train-step variant, timed round-robin."""
-    variants = {"shortcut": dict(objective="shortcut", bootstrap_rows=0),
-                "shortcut+bootstrap": dict(objective="shortcut", bootstrap_rows=batch // 4),
-                "meanflow": dict(objective="meanflow", bootstrap_rows=0)}
-    optimizer, step = make_step()
-    sequences = blob_latents(key, batch, frames)
-    states = {name: init_state(Dynamics(blob_config(), key=key), optimizer) for name in variants}
-    gflop = {name: step.lower(states[name], sequences, key, **static).cost_analysis()["flops"]
-             / 1e9 for name, static in variants.items()}
+    variants = {"shortcut": ("shortcut", 0), "shortcut+bootstrap": ("shortcut", batch // 4),
+                "meanflow": ("meanflow", 0)}
+    steps = {objective: make_step(objective) for objective in OBJECTIVES}
+    sequences = blob_batch(key, batch, frames)
+    states = {name: init_state(Dynamics(blob_config(), key=key), steps[objective][0])
+              for name, (objective, _) in variants.items()}
+    gflop = {name: steps[objective][1].lower(states[name], sequences, key, bootstrap_rows=rows)
+             .cost_analysis()["flops"] / 1e9 for name, (objective, rows) in variants.items()}
     samples = {name: [] for name in variants}
     for r in range(rounds + 1):  # round 0 compiles
-        for name, static in variants.items():
+        for name, (objective, rows) in variants.items():
             start = time.perf_counter()
-            states[name], metrics = step(states[name], sequences, key, **static)
+            states[name], metrics = steps[objective][1](states[name], sequences, key,
+                                                        bootstrap_rows=rows)
             jax.block_until_ready(metrics)
             if r:
                 samples[name].append((time.perf_counter() - start) * 1e3)

@@ -34,6 +34,12 @@ def blob_latents(
     return latents, actions
 
 
+def blob_batch(key: PRNGKeyArray, batch: int, time: int) -> dict[str, Array]:
+    """`blob_latents` as a dataset batch (`dynamics.train`): every frame has its action."""
+    latents, actions = blob_latents(key, batch, time)
+    return {"latents": latents, "actions": actions, "has_action": jnp.ones((batch, time), bool)}
+
+
 def blob_config() -> DynamicsConfig:
     """The blob learning test's small model (width 64, 4 blocks, K_max 8; 0.20M parameters)."""
     return DynamicsConfig(latent_tokens=16, latent_dim=1, action=BLOB_ACTION, width=64, depth=4,

@@ -44,20 +44,18 @@ from core.timing import (
     write_rows_json,
 )
 from core.training import init_state, make_train_step
+from data import sources
 from data.clips import ClipSettings, prepare_clips
-from data.episode import NoiseEpisode
+from data.episode import NOISE_ACTIONS, NoiseEpisode
 from data.loader import make_loader
-from dynamics import Dynamics
+from dynamics import Dynamics, DynamicsConfig
+from dynamics.train import make_train_step as make_dynamics_step
 from launch import settings
 from launch.stages import dynamics_loss_fn, encode_clips
 from launch.trainer import make_optimizer
 from tokenizer import Tokenizer, init_train_state, tokenizer_loss
 
 FLAGS = flags.FLAGS
-
-ACTION_LAYOUTS = {"sim": ("continuous", [7]), "calvin": ("continuous", [7]),
-                  "episodes": ("continuous", [7]), "coinrun": ("discrete", []),
-                  "craftax": ("discrete", []), "vpt": ("multipart", [24])}
 
 
 def peak_matmul(dtype, *, size: int, chain: int = 8, repeats: int = 5) -> float:
@@ -88,6 +86,14 @@ def action_batch(spec, batch: int, frames: int, rng: np.random.Generator) -> np.
     highs = np.asarray(spec.classes)
     return rng.integers(0, highs, (batch, frames, len(highs))).squeeze(-1) \
         if spec.kind == "discrete" else rng.integers(0, highs, (batch, frames, len(highs)))
+
+
+def dynamics_config(config) -> DynamicsConfig:
+    """The config's dynamics model as the main job builds it, with the action layout and default
+    classes of its source (data/sources.py; a folder of episodes has no layout of its own: the
+    noise clips' 7-D continuous one) and no latent statistics (mean 0, std 1)."""
+    layout = sources.source(config.data.format).actions or NOISE_ACTIONS
+    return settings.dynamics_config(config, settings.action_spec(config, layout))
 
 
 class StageSetup(NamedTuple):
@@ -121,16 +127,14 @@ def stage_setup(config, stage: str, batch: int, frames: int, *, exact: bool) -> 
             jnp.asarray(rng.integers(0, 256, (batch, frames, height, width, 3), np.uint8)), {},
             batch * frames * 2 * per_frame,
             lambda m: [(m.encoder.transformer, per_frame), (m.decoder.transformer, per_frame)])
-    kind, shape = ACTION_LAYOUTS[config.data.format]
-    spec = settings.action_spec(config, {"kind": kind, "shape": shape})
-    c = settings.dynamics_config(config, spec)
+    c = dynamics_config(config)
     loss_fn = dynamics_loss_fn(config)
     data = {"latents": jnp.asarray(rng.normal(size=(batch, frames, c.latent_tokens,
                                                     c.latent_dim)).astype(np.float32)),
-            "actions": jnp.asarray(action_batch(spec, batch, frames, rng)),
+            "actions": jnp.asarray(action_batch(c.action, batch, frames, rng)),
             "has_action": jnp.ones((batch, frames), bool)}
     return StageSetup(
-        make_train_step(loss_fn, optimizer, static_argnames=("bootstrap_rows",)), loss_fn,
+        make_dynamics_step(optimizer, loss_fn), loss_fn,
         lambda: init_state(Dynamics(c, key=jax.random.key(0)), optimizer), data,
         {"bootstrap_rows": round(train.bootstrap_fraction * batch)},
         batch * frames * c.tokens_per_frame, lambda m: [(m.transformer, c.tokens_per_frame)])

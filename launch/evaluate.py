@@ -35,7 +35,8 @@ import numpy as np
 from tensorboardX import SummaryWriter
 
 from core import to_float, to_uint8
-from data.clips import open_shard, read_index, write_json
+from data.clips import ClipStore, write_json
+from data.episode import DataError
 from data.jobs import Progress
 from dynamics import align_actions, generate
 from launch import report, settings
@@ -46,20 +47,23 @@ from world import load_dynamics, load_tokenizer
 from world.model import model_folder
 
 
-def eval_clips(folder: str, count: int, length: int) -> dict[str, np.ndarray]:
-    """The first `count` eval clips of a clip or latent folder, cut to `length` frames."""
-    index = read_index(folder)
-    rows: dict[str, list] = {}
-    found = 0
-    for name, n in index["shards"].get("eval", []):
-        if found >= count:
-            break
-        for key, value in open_shard(os.path.join(folder, "eval", name)).items():
-            rows.setdefault(key, []).append(np.asarray(value[:, :length]))
-        found += n
-    if not rows:
-        raise FileNotFoundError(f"{folder} has no eval clips; prepare data with eval episodes.")
-    return {key: np.concatenate(value)[:count] for key, value in rows.items()}
+def eval_clip_pairs(clips_dir: str, latents_dir: str, count: int, length: int
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(frame clips, latent clips): the first `count` eval clips of the latent folder and the
+    frame clips with the same ids (episode, first frame), row for row, all cut to `length`
+    frames. DataError if the eval split is empty or a latent clip has no frame clip."""
+    latents = ClipStore(latents_dir)
+    ids = latents.first_ids("eval", count)
+    if not ids:
+        raise DataError(f"{latents_dir}: no eval clips; prepare data with held-out episodes "
+                        "(config.data.eval_fraction > 0).")
+    try:
+        frames = ClipStore(clips_dir).by_ids("eval", ids, length)
+    except DataError as error:
+        raise DataError(f"{error}, but {latents_dir} has it: the latents were encoded from "
+                        f"other clips; delete {latents_dir} and run the latents stage again "
+                        "(--config.stages=latents,dynamics,eval).") from error
+    return frames, latents.by_ids("eval", ids, length)
 
 
 decode = eqx.filter_jit(lambda tokenizer, z: jnp.clip(tokenizer.decode(z), 0.0, 1.0))
@@ -84,9 +88,10 @@ class EvalContext:
     """What evaluators read; each attribute is loaded or computed once, on first use, so an
     evaluator set that never touches e.g. the dynamics model needs no dynamics checkpoint.
 
-    frames: uint8 [rollouts, C + H, height, width, 3], the first `eval.rollouts` eval clips;
+    frames: uint8 [rollouts, C + H, height, width, 3], the frame clips of the first
+    `eval.rollouts` eval clips of the latent folder, paired by clip id (`eval_clip_pairs`);
     states: their true states (None for sources without);
-    truth: the same as float in [0, 1]; latents, actions, has_action: their latent clips (actions
+    truth: the same as float in [0, 1]; latents, actions, has_action: those latent clips (actions
     aligned to the model's convention); tokenizer, model: the trained networks; reconstruction:
     every latent decoded; imagined / shuffled: C context latents, then H frames generated from the
     real / the next rollout's actions, all decoded.
@@ -102,18 +107,19 @@ class EvalContext:
         return name in self.__dict__
 
     @functools.cached_property
-    def _clips(self) -> dict[str, np.ndarray]:
-        return eval_clips(self.work.clips, self.config.eval.rollouts, self.length)
+    def _clip_pairs(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        return eval_clip_pairs(self.work.clips, self.work.latents, self.config.eval.rollouts,
+                               self.length)
 
     @property
     def frames(self) -> np.ndarray:
-        return self._clips["frames"]
+        return self._clip_pairs[0]["frames"]
 
     @property
     def states(self) -> np.ndarray | None:
         """float32 [rollouts, C + H, S] true states of the frames (data/episode.py), or None
         when the source has none."""
-        return self._clips.get("states")
+        return self._clip_pairs[0].get("states")
 
     @functools.cached_property
     def truth(self) -> jax.Array:
@@ -121,7 +127,7 @@ class EvalContext:
 
     @functools.cached_property
     def _latent_clips(self) -> dict[str, jax.Array]:
-        clips = eval_clips(self.work.latents, self.config.eval.rollouts, self.length)
+        clips = self._clip_pairs[1]
         actions, has = align_actions(jnp.asarray(clips["actions"]),
                                      jnp.asarray(clips["has_action"]))
         return {"latents": jnp.asarray(clips["latents"]), "actions": actions, "has_action": has}

@@ -6,7 +6,7 @@
 #   kernel_tests  the attention and kernel tests, where cuDNN and Pallas run for real
 #   kernels       python -m kernels.bench (backends at the project's shapes, decode floors)
 #   train         python -m launch.bench, CALVIN full: ms/step, MFU, peak memory vs estimate
-#   gen1, gen64   python -m dynamics.bench at batch 1 and 64 (frames/s, cached vs uncached)
+#   gen1, gen64   python -m launch.generation_bench at batch 1 and 64 (frames/s, cached vs uncached)
 # Wheels in .whl/ (launch/gpu_wheels.sh) are installed first, for machines without an index.
 # Output: log.txt (every step's output and a closing status line per step) and one JSON each.
 set -u
@@ -40,8 +40,8 @@ step kernel_tests 100 python3 -m pytest -q -x tests/test_kernels.py tests/test_a
 step kernels 90 python3 -m kernels.bench --json="$out/kernels.json"
 step train 240 python3 -m launch.bench --configs=calvin --variant=full --steps=5 \
     --json="$out/train.json"
-step gen1 80 python3 -m dynamics.bench --models=calvin,minecraft --contexts=96,192 \
+step gen1 80 python3 -m launch.generation_bench --models=calvin,minecraft --contexts=96,192 \
     --json="$out/gen1.json"
-step gen64 50 python3 -m dynamics.bench --models=calvin --contexts=32,96,192 --batch=64 \
+step gen64 50 python3 -m launch.generation_bench --models=calvin --contexts=32,96,192 --batch=64 \
     --json="$out/gen64.json"
 printf '%s\n' "== status" "${status[@]}" | tee -a "$log"

@@ -27,11 +27,10 @@ toward the mean of the candidate positions instead of to an arbitrary answer.
 """
 
 import dataclasses
-import os
 
 import numpy as np
 
-from data.clips import open_shard, read_index
+from data.clips import ClipStore
 from data.episode import POINT_DIMS
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -182,17 +181,17 @@ def fitting_clips(clips_dir: str, *, skip_eval: int, max_frames: int) -> dict[st
     ones), then training clips, until `max_frames` frames. Returns frames [N, H, W, 3] uint8,
     states [N, S], clip [N] (a clip number per frame) and the frame counts per split
     ("eval_frames", "train_frames")."""
-    index = read_index(clips_dir)
+    store = ClipStore(clips_dir)
     frames, states, clip, counts = [], [], [], {"eval": 0, "train": 0}
     taken = 0
     for split, skip in (("eval", skip_eval), ("train", 0)):
-        for name, count in index["shards"].get(split, []):
+        for name, count in store.shards(split) if split in store.splits else []:
             if taken >= max_frames:
                 break
             if skip >= count:
                 skip -= count
                 continue
-            shard = open_shard(os.path.join(clips_dir, split, name))
+            shard = store.read_shard(split, name)
             for row in range(skip, count):
                 if taken >= max_frames:
                     break

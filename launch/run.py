@@ -1,4 +1,5 @@
-"""The main job: data -> tokenizer -> latents -> dynamics -> eval, each stage resumable.
+"""The main job: the stages of launch/pipeline.py (data -> tokenizer -> latents -> dynamics ->
+eval), each resumable.
 
     python launch/run.py --config=configs/calvin.py [--workdir=runs/calvin]
     python launch/run.py --config=configs/calvin.py:small --config.stages=dynamics,eval
@@ -23,20 +24,12 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from data.clips import read_index
+from data.clips import ClipStore
 from data.episode import DataError, SkippableDataError
-from launch import provenance, settings
+from launch import pipeline, provenance, settings
 from launch.checkpoints import CheckpointMismatchError
 from launch.distributed import make_mesh
-from launch.evaluate import eval_stage
-from launch.stages import (
-    Workdir,
-    check_data_actions,
-    data_stage,
-    dynamics_stage,
-    latents_stage,
-    tokenizer_stage,
-)
+from launch.stages import Workdir, check_data_actions
 from launch.workdir import WorkdirError, apply_config, locked, same_data_settings
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
@@ -75,41 +68,21 @@ def _check_existing_clips(config, work: Workdir) -> None:
     if same_data_settings(work.root, config) and os.path.isfile(os.path.join(work.clips,
                                                                              "index.json")):
         try:
-            index = read_index(work.clips)
+            clips = ClipStore(work.clips)
         except DataError:  # unfinished: the data stage completes and checks them
             return
-        check_data_actions(config, work.clips, index)
-
-
-def _data_stage(config, work: Workdir) -> None:
-    """The data stage on process 0 (the hosts of a multi-host job share the workdir)."""
-    if jax.process_index() == 0:
-        data_stage(config, work)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("data stage")
+        check_data_actions(config, clips)
 
 
 def _run_stages(config, work: Workdir, mesh, started: float) -> None:
-    stage_fns = {
-        "data": lambda: _data_stage(config, work),
-        "tokenizer": lambda: tokenizer_stage(config, work, mesh),
-        "latents": lambda: latents_stage(config, work, mesh),
-        "dynamics": lambda: dynamics_stage(config, work, mesh),
-        "eval": lambda: eval_stage(config, work, mesh),
-    }
-    before = {"tokenizer": provenance.tokenizer_inputs, "dynamics": provenance.dynamics_inputs,
-              "eval": provenance.check_eval_inputs}  # the latents stage checks its own
     timings = {}
-    for stage in settings.stages(config):
+    for name in settings.stages(config):
+        stage = pipeline.stage(name)
         start = time.perf_counter()
-        print(f"[run] stage {stage}", flush=True)
-        if stage in before:
-            before[stage](work)
-        stage_fns[stage]()
-        if stage == "eval":
-            provenance.record_eval(work)
-        timings[stage] = round(time.perf_counter() - start, 1)
-        print(f"[run] stage {stage} done in {timings[stage]:.0f}s", flush=True)
+        print(f"[run] stage {name}", flush=True)
+        stage.run(config, work, mesh)  # with its provenance checks (launch/pipeline.py)
+        timings[name] = round(time.perf_counter() - start, 1)
+        print(f"[run] stage {name} done in {timings[name]:.0f}s", flush=True)
     timings["total"] = round(time.perf_counter() - started, 1)
     with open(os.path.join(work.root, "timings.json"), "w") as f:
         json.dump(timings, f, indent=1)

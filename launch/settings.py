@@ -1,7 +1,9 @@
 """Turns the ml_collections config into validated component configs; fails early and by name.
 
 Every check here runs before any stage starts, all of them at once (one line per problem), and
-every message names the config field (`config.<section>.<field>`) and what would fix it.
+every message names the config field (`config.<section>.<field>`) and what would fix it. Each
+stage's checks are a `<stage>_problems(config, device_count)` function named by its entry in the
+stage registry (launch/pipeline.py); `problems` runs those of every stage.
 """
 
 import difflib
@@ -9,14 +11,17 @@ import functools
 
 import ml_collections
 
+from data import sources
+from data.episode import ActionLayout
+from data.sim_demos import SimSettings
+from data.sources import SourceOptions
 from dynamics import ActionSpec, DynamicsConfig
+from launch import pipeline
 from launch.evaluators import EVALUATORS
 from launch.trainer import OPTIMIZERS
 from tokenizer import TokenizerConfig
 
-STAGES = ("data", "tokenizer", "latents", "dynamics", "eval")
-DATA_FORMATS = ("sim", "calvin", "episodes", "vpt", "coinrun", "craftax")
-GENERATED = ("sim", "coinrun", "craftax")  # formats that can generate their data
+STAGES = pipeline.NAMES
 
 
 class ConfigError(ValueError):
@@ -44,12 +49,14 @@ def unknown_field(config, path: str) -> str | None:
 
 
 def stages(config) -> list[str]:
+    """config.stages: a comma list of stage names (launch/pipeline.py), in the registry's order."""
+    known = tuple(stage.name for stage in pipeline.STAGES)
     names = [s.strip() for s in config.stages.split(",") if s.strip()]
-    unknown = [s for s in names if s not in STAGES]
+    unknown = [s for s in names if s not in known]
     if unknown or not names:
         raise ConfigError(f"config.stages: unknown or no stages {unknown or names}; use a comma "
-                          f"list of {STAGES}.")
-    return names
+                          f"list of {known}.")
+    return [name for name in known if name in names]
 
 
 def evaluators(config) -> list[str]:
@@ -80,33 +87,32 @@ def tokenizer_config(config) -> TokenizerConfig:
         raise ConfigError(f"config.tokenizer: {error}") from error
 
 
+def source_options(config) -> SourceOptions:
+    """The data source's settings from config.data (and the seed)."""
+    data = config.data
+    sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
+                      data.sim_render_size, config.seed, data.sim_frame_skip)
+    return SourceOptions(seed=config.seed, workers=data.workers,
+                         eval_fraction=data.eval_fraction, skip_bad=data.skip_bad, sim=sim,
+                         episodes=data.gen_episodes, max_length=data.gen_max_length,
+                         craftax_classic=data.craftax_classic,
+                         coinrun_levels=data.coinrun_levels)
+
+
 def default_action_classes(config) -> tuple[int, ...]:
-    """Class counts of the built-in discrete / multi-part sources."""
-    if config.data.format == "coinrun":
-        from data.coinrun import COINRUN_ACTIONS
-        return (COINRUN_ACTIONS,)
-    if config.data.format == "craftax":
-        from data.craftax import CRAFTAX_ACTIONS
-        return (CRAFTAX_ACTIONS[config.data.craftax_classic],)
-    if config.data.format == "vpt":
-        from data.vpt import VPT_ACTION_CLASSES
-        return tuple(VPT_ACTION_CLASSES)
-    return ()
+    """The class counts per part of the source's discrete / multi-part actions
+    (data/sources.py; none for continuous actions or a folder of episodes)."""
+    if config.data.format not in sources.NAMES:
+        return ()
+    return sources.source(config.data.format).action_classes(source_options(config))
 
 
-def action_spec(config, layout: dict) -> ActionSpec:
-    """The model's action spec from the clips' action layout ({"kind", "shape"}) and, for
-    discrete and multi-part actions, config.data.action_classes (or the source's default)."""
-    kind, shape = layout["kind"], tuple(layout["shape"])
-    if kind == "continuous":
-        return ActionSpec("continuous", dim=max(shape[0], 1))
+def action_spec(config, layout: ActionLayout) -> ActionSpec:
+    """The model's action spec from the clips' action layout and, for discrete and multi-part
+    actions, config.data.action_classes (or the source's default)."""
     classes = tuple(config.data.action_classes) or default_action_classes(config)
-    parts = 1 if kind == "discrete" else shape[0]
-    if len(classes) != parts:
-        raise ConfigError(f"config.data.action_classes: the data has {kind} actions with {parts} "
-                          f"part(s); give one class count per part (got {classes}).")
     try:
-        return ActionSpec(kind, classes=classes)
+        return ActionSpec.from_layout(layout, classes)
     except ValueError as error:
         raise ConfigError(f"config.data.action_classes: {error}") from error
 
@@ -142,22 +148,24 @@ def _positive(config, fields: str) -> list[str]:
     return found
 
 
-def problems(config, device_count: int) -> list[str]:
-    """Every problem that needs no data, one message per problem, each naming its field."""
+def _attempt(check, found: list[str]) -> bool:
+    """Runs `check`; appends its ConfigError's message to `found`. Whether it passed."""
+    try:
+        check()
+    except ConfigError as error:
+        found.append(str(error))
+        return False
+    return True
+
+
+def data_problems(config, device_count: int) -> list[str]:
+    del device_count
     found = []
-
-    def attempt(check):
-        try:
-            check()
-        except ConfigError as error:
-            found.append(str(error))
-
-    attempt(lambda: stages(config))
-    attempt(lambda: evaluators(config))
     data = config.data
-    if data.format not in DATA_FORMATS:
-        found.append(f"config.data.format: {data.format!r} is not one of {DATA_FORMATS}.")
-    if data.format not in GENERATED and not data.path:
+    if data.format not in sources.NAMES:
+        found.append(f"config.data.format: {data.format!r} is not one of {sources.NAMES} "
+                     "(data/sources.py).")
+    if data.format not in sources.GENERATED and not data.path:
         found.append(f"config.data.path: format {data.format!r} needs the dataset folder "
                      "(--config.data.path=...).")
     if data.sim_frame_skip < 1:
@@ -168,49 +176,73 @@ def problems(config, device_count: int) -> list[str]:
                      f"got {data.coinrun_levels}.")
     found += _positive(config, "data.clip_length, data.clip_stride, data.workers, "
                        "data.loader_threads, data.sim_train_episodes, data.sim_episode_length, "
-                       "data.sim_render_size, data.gen_episodes, data.gen_max_length, "
-                       "eval.context_frames, eval.horizon, eval.rollouts, eval.batch")
+                       "data.sim_render_size, data.gen_episodes, data.gen_max_length")
     if not 0 <= data.eval_fraction < 1:
         found.append(f"config.data.eval_fraction must lie in [0, 1), got {data.eval_fraction}.")
     if any(not isinstance(c, int) or c < 1 for c in data.action_classes):
         found.append(f"config.data.action_classes must be positive class counts, one per action "
                      f"part, got {tuple(data.action_classes)}.")
-    defaults = default_action_classes(config) if data.format in DATA_FORMATS else ()
+    known_source = data.format in sources.NAMES and data.sim_frame_skip >= 1  # (SimSettings)
+    defaults = default_action_classes(config) if known_source else ()
     if data.action_classes and defaults and len(data.action_classes) != len(defaults):
         found.append(f"config.data.action_classes: {data.format} actions have {len(defaults)} "
                      f"part(s) ({defaults} classes); got {tuple(data.action_classes)}.")
-    attempt(lambda: tokenizer_config(config))
-    if not any(message.startswith("config.tokenizer") or "image_size" in message
-               for message in found):  # the dynamics sizes come from the tokenizer's
-        attempt(lambda: dynamics_config(config, ActionSpec("continuous", dim=1)))
-    clip = data.clip_length
-    for stage in ("tokenizer", "dynamics"):
-        train = config.train[stage]
-        where = f"config.train.{stage}"
-        if train.batch < 1 or train.batch % device_count:
-            found.append(f"{where}.batch ({train.batch}) must be a positive multiple of the "
-                         f"{device_count} devices.")
-        if not train.seq_lengths or max(train.seq_lengths) > clip or min(train.seq_lengths) < 1:
-            found.append(f"{where}.seq_lengths {tuple(train.seq_lengths)} must lie in "
-                         f"1..config.data.clip_length ({clip}).")
-        if train.length_weights and len(train.length_weights) != len(train.seq_lengths):
-            found.append(f"{where}.length_weights {tuple(train.length_weights)} needs one weight "
-                         f"per sequence length {tuple(train.seq_lengths)}.")
-        if train.steps < 1 or train.lr <= 0 or train.muon_lr <= 0:
-            found.append(f"{where}: steps, lr and muon_lr must be positive.")
-        if train.warmup_steps < 0 or train.decay_steps < 0:
-            found.append(f"{where}: warmup_steps and decay_steps must be >= 0.")
-        found += _positive(config, f"train.{stage}.log_every, train.{stage}.checkpoint_every")
-        if train.optimizer not in OPTIMIZERS:
-            found.append(f"{where}.optimizer must be one of {OPTIMIZERS}, got "
-                         f"{train.optimizer!r}.")
+    return found
+
+
+def _training_problems(config, stage: str, device_count: int) -> list[str]:
+    """config.train.<stage>: batch per device, sequence lengths within the clips, optimizer."""
+    found = []
+    clip = config.data.clip_length
+    train = config.train[stage]
+    where = f"config.train.{stage}"
+    if train.batch < 1 or train.batch % device_count:
+        found.append(f"{where}.batch ({train.batch}) must be a positive multiple of the "
+                     f"{device_count} devices.")
+    if not train.seq_lengths or max(train.seq_lengths) > clip or min(train.seq_lengths) < 1:
+        found.append(f"{where}.seq_lengths {tuple(train.seq_lengths)} must lie in "
+                     f"1..config.data.clip_length ({clip}).")
+    if train.length_weights and len(train.length_weights) != len(train.seq_lengths):
+        found.append(f"{where}.length_weights {tuple(train.length_weights)} needs one weight "
+                     f"per sequence length {tuple(train.seq_lengths)}.")
+    if train.steps < 1 or train.lr <= 0 or train.muon_lr <= 0:
+        found.append(f"{where}: steps, lr and muon_lr must be positive.")
+    if train.warmup_steps < 0 or train.decay_steps < 0:
+        found.append(f"{where}: warmup_steps and decay_steps must be >= 0.")
+    found += _positive(config, f"train.{stage}.log_every, train.{stage}.checkpoint_every")
+    if train.optimizer not in OPTIMIZERS:
+        found.append(f"{where}.optimizer must be one of {OPTIMIZERS}, got {train.optimizer!r}.")
+    return found
+
+
+def tokenizer_problems(config, device_count: int) -> list[str]:
+    found = []
+    _attempt(lambda: tokenizer_config(config), found)
+    return found + _training_problems(config, "tokenizer", device_count)
+
+
+def dynamics_problems(config, device_count: int) -> list[str]:
+    """The dynamics sizes (checked once the tokenizer's, which they take, are valid), its
+    training and bootstrap settings."""
+    found = []
+    if _attempt(lambda: tokenizer_config(config), []):
+        _attempt(lambda: dynamics_config(config, ActionSpec("continuous", dim=1)), found)
+    found += _training_problems(config, "dynamics", device_count)
     if not 0 <= config.train.dynamics.bootstrap_fraction <= 1:
         found.append("config.train.dynamics.bootstrap_fraction must lie in [0, 1].")
+    return found
+
+
+def eval_problems(config, device_count: int) -> list[str]:
+    del device_count
+    found = []
+    _attempt(lambda: evaluators(config), found)
+    found += _positive(config, "eval.context_frames, eval.horizon, eval.rollouts, eval.batch")
     needed = config.eval.context_frames + config.eval.horizon
-    if needed > clip:
+    if needed > config.data.clip_length:
         found.append(f"config.eval: context_frames + horizon ({needed}) exceeds "
-                     f"config.data.clip_length ({clip}); lengthen the clips or shorten the "
-                     "rollouts.")
+                     f"config.data.clip_length ({config.data.clip_length}); lengthen the clips "
+                     "or shorten the rollouts.")
     if config.eval.probe_colours < 1 or config.eval.probe_fit_frames < 1:
         found.append(f"config.eval.probe_colours ({config.eval.probe_colours}) and "
                      f"config.eval.probe_fit_frames ({config.eval.probe_fit_frames}) must "
@@ -218,6 +250,17 @@ def problems(config, device_count: int) -> list[str]:
     if not 1 <= config.eval.sampling_steps <= config.dynamics.k_max:
         found.append(f"config.eval.sampling_steps must be in 1..config.dynamics.k_max "
                      f"({config.dynamics.k_max}).")
+    return found
+
+
+def problems(config, device_count: int) -> list[str]:
+    """Every problem that needs no data, one message per problem, each naming its field: the
+    stage names, then the checks of every stage of the registry (whichever are selected: a
+    config describes the whole run)."""
+    found = []
+    _attempt(lambda: stages(config), found)
+    for stage in pipeline.STAGES:
+        found += stage.problems(config, device_count)
     return list(dict.fromkeys(found))
 
 

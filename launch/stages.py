@@ -5,6 +5,7 @@ tokenizer  clips -> <workdir>/tokenizer (checkpoints of the MAE tokenizer)
 latents    clips + frozen encoder -> <workdir>/latents (same shard layout, latents not frames)
 dynamics   latents -> <workdir>/dynamics (checkpoints of the world model)
 eval       see launch/evaluate.py
+The registry of these stages (order, reads, writes, checks) is launch/pipeline.py.
 Every stage is resumable: finished work is found and skipped, checkpoints resume training. The
 training stages keep optimizer and loader state in their checkpoints and, once finished, save the
 model alone to <workdir>/models/<stage> (`world.WorldModel.load(workdir)` reads both), which is
@@ -20,15 +21,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
-from core.training import init_state, make_train_step
-from data.clips import ClipSettings, open_shard, prepare_clips, read_index, save_shard, write_json
+from core.training import init_state
+from data.clips import ClipSettings, ClipStore, prepare_clips, save_shard, write_json
 from data.jobs import Progress
 from data.loader import make_loader
-from data.prepare import episode_splits, generate_source
-from data.sim_demos import SimSettings
-from dynamics import ActionSpec, Dynamics, align_actions, dynamics_loss
-from launch import provenance, settings
+from data.sources import source_splits
+from dynamics import ActionSpec, Dynamics
+from dynamics import train as dynamics_train
+from launch import pipeline, provenance, settings
 from launch.trainer import make_optimizer, train
 from tokenizer import Tokenizer, init_train_state, load_perceptual
 from tokenizer import make_train_step as make_tokenizer_step
@@ -42,8 +44,7 @@ class Workdir:
     root: str
 
     def __getattr__(self, name: str) -> str:
-        if name in ("source", "clips", "tokenizer", "latents", "dynamics", "eval", "logs",
-                    "models"):
+        if name in pipeline.FOLDERS:  # the top-level folders of the stage registry
             return os.path.join(self.root, name)
         raise AttributeError(name)
 
@@ -53,26 +54,27 @@ def data_stage(config, work: Workdir) -> None:
     then cuts clips at the configured size."""
     data = config.data
     path = data.path or work.source
-    sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
-                      data.sim_render_size, config.seed, data.sim_frame_skip)
     print(f"[data] source {data.format} at {path}", flush=True)
-    frame_size = generate_source(data.format, path, seed=config.seed, workers=data.workers,
-                                 sim=sim, episodes=data.gen_episodes,
-                                 max_length=data.gen_max_length,
-                                 craftax_classic=data.craftax_classic,
-                                 coinrun_levels=data.coinrun_levels)
     size = settings.image_size(config)
-    if data.format == "vpt":
-        frame_size = size  # decode at the clip size
-    splits = episode_splits(data.format, path, eval_fraction=data.eval_fraction, seed=config.seed,
-                            skip_bad=data.skip_bad, frame_size=frame_size)
+    splits = source_splits(data.format, path, settings.source_options(config), size)
     print(f"[data] clips -> {work.clips}", flush=True)
     index = prepare_clips(splits, work.clips, ClipSettings(data.clip_length, data.clip_stride,
                                                            size),
                           num_workers=data.workers, skip_bad=data.skip_bad)
-    counts = {split: sum(n for _, n in shards) for split, shards in index["shards"].items()}
+    store = ClipStore(work.clips, index=index)
+    counts = {split: store.count(split) for split in store.splits}
     print(f"[data] clips per split: {counts}", flush=True)
-    check_data_actions(config, work.clips, index)
+    check_data_actions(config, store)
+
+
+def shared_data_stage(config, work: Workdir, mesh) -> None:
+    """The data stage on process 0 (the hosts of a multi-host job share the workdir); every
+    process waits for it."""
+    del mesh
+    if jax.process_index() == 0:
+        data_stage(config, work)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("data stage")
 
 
 def _loader(config, folder: str, train, *, split="train"):
@@ -139,44 +141,42 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
 def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
                  progress: bool = True) -> None:
     """Writes `encode(frames)` of every clip shard as a latent shard with the same layout
-    (actions and has_action copied; shards already written are skipped), then the index with
-    the training latents' `latent_stats`."""
-    index = read_index(clips_dir)
-    shards = [(split, name) for split, listed in index["shards"].items() for name, n in listed
-              if n > 0]
+    (actions, has_action and clip ids copied; shards already written are skipped), then the
+    index with the training latents' `latent_stats`."""
+    clips = ClipStore(clips_dir)
+    latents_store = ClipStore(latents_dir, index=clips.index)
+    shards = [(split, name) for split in clips.splits for name, _ in clips.shards(split)]
     bar = Progress("[latents] encoding", len(shards), "shards")
     for split, name in shards:
-        final = os.path.join(latents_dir, split, name)
+        final = latents_store.shard_dir(split, name)
         if not os.path.isdir(final):
-            arrays = open_shard(os.path.join(clips_dir, split, name))
+            arrays = clips.read_shard(split, name)
             frames = arrays["frames"]
             latents = np.concatenate([np.asarray(encode(jnp.asarray(frames[i:i + batch])))
                                       for i in range(0, len(frames), batch)])
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            with open(os.path.join(clips_dir, split, name, "clips.json")) as f:
-                clips = json.load(f)
             save_shard(final, {"latents": latents.astype(np.float32),
                                "actions": np.asarray(arrays["actions"]),
-                               "has_action": np.asarray(arrays["has_action"])}, clips)
+                               "has_action": np.asarray(arrays["has_action"])},
+                       clips.shard_clips(split, name))
         if progress:
             bar.update()
-    index["latent_stats"] = latent_stats(latents_dir, [name for split, name in shards
-                                                       if split == "train"])
+    index = dict(clips.index, latent_stats=latent_stats(latents_store))
     write_json(os.path.join(latents_dir, "index.json"), index)
 
 
-def latent_stats(latents_dir: str, train_shards: list[str], *, max_shards: int = 64
-                 ) -> dict:
+def latent_stats(latents: ClipStore, *, max_shards: int = 64) -> dict:
     """{"mean", "std"} over every value of the first `max_shards` training latent shards
     (float64 sums, one shard in memory at a time): the dynamics model standardises with them.
     With continuous actions also "action_mean" / "action_std", per action dimension over the
     known actions of the same shards (a dimension that never varies gets std 1)."""
+    train_shards = latents.shards("train") if "train" in latents.splits else []
     if not train_shards:
-        raise ValueError(f"{latents_dir}: no training clips to take latent statistics from.")
+        raise ValueError(f"{latents.folder}: no training clips to take latent statistics from.")
     count = total = squares = 0.0
     actions = Moments()
-    for name in train_shards[:max_shards]:
-        shard = open_shard(os.path.join(latents_dir, "train", name))
+    for name, _ in train_shards[:max_shards]:
+        shard = latents.read_shard("train", name)
         values = np.asarray(shard["latents"], np.float64)
         count += values.size
         total += values.sum()
@@ -210,28 +210,26 @@ class Moments:
         return mean, np.sqrt(np.maximum(self.squares / self.count - mean**2, 0.0))
 
 
-def _known_actions(folder: str, index: dict, parts: int):
+def _known_actions(store: ClipStore, parts: int):
     """(split, shard name, int actions [n, parts]) of the known actions of every shard."""
-    for split, listed in index["shards"].items():
-        for name, count in listed:
-            if count == 0:
-                continue
-            shard = open_shard(os.path.join(folder, split, name))
+    for split in store.splits:
+        for name, _ in store.shards(split):
+            shard = store.read_shard(split, name)
             known = np.asarray(shard["has_action"]).reshape(-1)
             actions = np.asarray(shard["actions"]).reshape(known.size, parts)[known]
             if actions.size:
                 yield split, name, actions
 
 
-def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> None:
+def check_action_classes(store: ClipStore, spec: ActionSpec) -> None:
     """Raises ConfigError if a known discrete / multi-part action of any shard (of clips or
     latents) lies outside 0 .. classes - 1 of its part (the embedding lookup would silently
     clamp it)."""
     if spec.kind == "continuous":
         return
     classes = np.asarray(spec.classes)
-    for split, name, actions in _known_actions(latents_dir, index, len(classes)):
-        where = (f"config.data.action_classes: {split}/{name} in {latents_dir} has actions "
+    for split, name, actions in _known_actions(store, len(classes)):
+        where = (f"config.data.action_classes: {split}/{name} in {store.folder} has actions "
                  f"from {actions.min(axis=0).tolist()} to {actions.max(axis=0).tolist()} "
                  f"(per part)")
         if actions.min() < 0:
@@ -245,46 +243,40 @@ def check_action_classes(latents_dir: str, index: dict, spec: ActionSpec) -> Non
                 "action + 1 per part (--config.data.action_classes=...).")
 
 
-def check_data_actions(config, folder: str, index: dict) -> None:
+def check_data_actions(config, clips: ClipStore) -> None:
     """After the data stage: the action classes must fit the clips' actions (ConfigError naming
     config.data.action_classes, with the counts the data needs when none are given)."""
-    layout = index["plan"]["action"]
+    layout = clips.action_layout
     given = tuple(config.data.action_classes) or settings.default_action_classes(config)
-    if layout["kind"] != "continuous" and not given:
-        parts = 1 if layout["kind"] == "discrete" else layout["shape"][0]
-        largest = np.max([a.max(axis=0) for _, _, a in _known_actions(folder, index, parts)]
+    if layout.kind != "continuous" and not given:
+        parts = 1 if layout.kind == "discrete" else layout.shape[0]
+        largest = np.max([a.max(axis=0) for _, _, a in _known_actions(clips, parts)]
                          or [np.zeros(parts, int)], axis=0)
         raise settings.ConfigError(
-            f"config.data.action_classes: the clips in {folder} have {layout['kind']} actions "
+            f"config.data.action_classes: the clips in {clips.folder} have {layout.kind} actions "
             f"({parts} part(s)) with no class counts given; the largest action per part is "
             f"{largest.tolist()}, so e.g. --config.data.action_classes=\""
             f"{tuple(int(m) + 1 for m in largest)}\"")
-    check_action_classes(folder, index, settings.action_spec(config, layout))
+    check_action_classes(clips, settings.action_spec(config, layout))
 
 
 def dynamics_model(config, work: Workdir) -> Dynamics:
-    index = read_index(work.latents)
-    if "latent_stats" not in index:
+    latents = ClipStore(work.latents)
+    if "latent_stats" not in latents.index:
         raise FileNotFoundError(f"{work.latents}/index.json has no latent_stats (written by an "
                                 "older version); run the 'latents' stage again "
                                 "(--config.stages=latents): it keeps the encoded shards.")
-    spec = settings.action_spec(config, index["plan"]["action"])
-    return Dynamics(settings.dynamics_config(config, spec, index["latent_stats"]),
+    spec = settings.action_spec(config, latents.action_layout)
+    return Dynamics(settings.dynamics_config(config, spec, latents.index["latent_stats"]),
                     key=jax.random.key(config.seed + 2))
 
 
 def dynamics_loss_fn(config):
+    """The dynamics loss over dataset batches (`dynamics.train`) at config.train.dynamics'
+    objective settings."""
     train = config.train.dynamics
-
-    def loss_fn(model, loss_state, step, batch, *, key, bootstrap_rows):
-        actions, has_action = align_actions(batch["actions"], batch["has_action"])
-        loss, metrics = dynamics_loss(
-            model, batch["latents"], actions, has_action, key=key, objective=train.objective,
-            bootstrap_rows=bootstrap_rows, mean_fraction=train.mean_fraction,
-            image_fraction=train.image_fraction)
-        return loss, (metrics, loss_state)
-
-    return loss_fn
+    return dynamics_train.loss_fn(objective=train.objective, mean_fraction=train.mean_fraction,
+                                  image_fraction=train.image_fraction)
 
 
 def new_dynamics_state(config, work: Workdir):
@@ -293,10 +285,9 @@ def new_dynamics_state(config, work: Workdir):
 
 def dynamics_stage(config, work: Workdir, mesh) -> None:
     train_config = config.train.dynamics
-    step = make_train_step(dynamics_loss_fn(config), make_optimizer(train_config),
-                           static_argnames=("bootstrap_rows",))
-    index = read_index(work.latents)
-    check_action_classes(work.latents, index, settings.action_spec(config, index["plan"]["action"]))
+    step = dynamics_train.make_train_step(make_optimizer(train_config), dynamics_loss_fn(config))
+    latents = ClipStore(work.latents)
+    check_action_classes(latents, settings.action_spec(config, latents.action_layout))
     rows = round(train_config.bootstrap_fraction * train_config.batch)
     train("dynamics", work.root, new_dynamics_state(config, work), step,
           _loader(config, work.latents, train_config), train_config, mesh,

@@ -22,6 +22,7 @@ import jax
 
 from data.episode import DataError
 from data.jobs import LOCK_FILE, FolderLock, check_own_folder
+from launch import pipeline
 from launch.settings import STAGES, ConfigError
 
 CONFIG_FILE = "config.json"
@@ -71,14 +72,10 @@ INVALIDATES = (
     ("dynamics.", "dynamics"), ("train.dynamics.optimizer", "dynamics"),
     ("train.dynamics.objective", "dynamics"),
 )
-# What each stage writes into the workdir (the first entry tells whether it has run).
-OUTPUTS = {
-    "data": ("clips", "source"),
-    "tokenizer": ("tokenizer", "logs/tokenizer", "models/tokenizer"),
-    "latents": ("latents",),
-    "dynamics": ("dynamics", "logs/dynamics", "models/dynamics"),
-    "eval": ("eval", "logs/eval"),
-}
+# What each stage writes into the workdir (the first entry tells whether it has run): the
+# stage registry's `writes`.
+OUTPUTS = {stage.name: tuple(path.rstrip("/") for path in stage.writes)
+           for stage in pipeline.STAGES}
 GENERATED_MARKERS = ("simulator.json", "coinrun.json", "craftax.json")  # source/ was generated
 
 

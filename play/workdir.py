@@ -14,12 +14,14 @@ import os
 
 import numpy as np
 
-from data.clips import open_shard, read_index
+from data import sources
+from data.clips import ClipStore
+from data.sim_demos import SimSettings
+from data.sources import SourceOptions
 from play.env import Contexts
 from play.keys import ActionLayoutError, key_map
 from world import WorldModel
 
-DATASET_FPS = {"calvin": 30.0, "coinrun": 15.0, "vpt": 20.0}
 DEFAULT_FPS = 10.0
 MAX_CLIPS = 64  # held-out clips kept in memory as contexts
 
@@ -39,10 +41,13 @@ class Defaults:
 
 
 def dataset_fps(config: dict) -> float:
+    """The frame rate of the run's source (data/sources.py), from its config.json values."""
     data = config.get("data", {})
-    if data.get("format") == "sim":
-        return 30.0 / max(int(data.get("sim_frame_skip", 1)), 1)
-    return DATASET_FPS.get(data.get("format"), DEFAULT_FPS)
+    if data.get("format") not in sources.NAMES:
+        return DEFAULT_FPS
+    sim = SimSettings(frame_skip=max(int(data.get("sim_frame_skip", 1)), 1))
+    rate = sources.source(data["format"]).frame_rate(SourceOptions(sim=sim))
+    return rate or DEFAULT_FPS
 
 
 def read_defaults(workdir: str) -> Defaults:
@@ -60,23 +65,13 @@ def read_defaults(workdir: str) -> Defaults:
 
 def load_contexts(workdir: str, length: int, count: int = MAX_CLIPS) -> Contexts | None:
     """Up to `count` held-out clips of `<workdir>/clips`, cut to `length` frames (None if none)."""
-    folder = os.path.join(workdir, "clips")
     try:
-        index = read_index(folder)
-    except (OSError, ValueError, KeyError):
+        store = ClipStore(os.path.join(workdir, "clips"))
+        if "eval" not in store.splits or store.clip_length < length:
+            return None
+        data = store.first("eval", count, length)
+    except (OSError, ValueError, KeyError):  # DataError is a ValueError
         return None
-    rows: dict[str, list] = {}
-    found = 0
-    for name, n in index.get("shards", {}).get("eval", []):
-        if found >= count:
-            break
-        for key, value in open_shard(os.path.join(folder, "eval", name)).items():
-            if value.shape[1] >= length:
-                rows.setdefault(key, []).append(np.asarray(value[:, :length]))
-        found += n
-    if not rows.get("frames"):
-        return None
-    data = {key: np.concatenate(value)[:count] for key, value in rows.items()}
     has = data.get("has_action", np.ones(data["frames"].shape[:2], bool))
     return Contexts(data["frames"], data["actions"], has)
 

@@ -18,7 +18,7 @@ from data.clips import (
 )
 from data.episode import DataError, SkippedDataWarning
 from data.episodes import npz_episodes
-from data.prepare import episode_splits
+from data.sources import episode_splits
 from tests.test_data_sources import write_calvin, write_episode
 
 

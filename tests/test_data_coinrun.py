@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from data.coinrun import COINRUN_ACTIONS, CoinRunSettings, generate_coinrun
-from data.episode import ActionSpec, DataError, read_episode
-from data.prepare import episode_splits
+from data.episode import ActionLayout, DataError, read_episode
+from data.sources import episode_splits
 
 
 def test_missing_procgen_names_the_install_command(tmp_path, monkeypatch):
@@ -36,7 +36,7 @@ def test_coinrun_episodes_replay_deterministic_resumable(tmp_path):
     splits = episode_splits("coinrun", str(tmp_path / "a"), eval_fraction=0.34)
     episodes = sorted(splits["train"] + splits["eval"], key=lambda e: e.name)
     assert [e.name for e in episodes] == ["episode_000000", "episode_000001", "episode_000002"]
-    assert {e.action_spec for e in episodes} == {ActionSpec("discrete", ())}
+    assert {e.action_layout for e in episodes} == {ActionLayout("discrete", ())}
     assert {e.frame_size for e in episodes} == {(64, 64)}
 
     for k, episode in enumerate(episodes):

@@ -14,8 +14,8 @@ from configs import calvin
 from data.clips import ClipSettings, open_shard, prepare_clips
 from data.episode import DataError, SkippedDataWarning
 from data.episodes import npz_episodes, pending_episodes
-from data.prepare import generate_source
 from data.sim_demos import SimSettings
+from data.sources import SourceOptions, generate_source
 from launch.run import data_error_line, run
 from tests.test_data_sources import write_calvin, write_episode
 
@@ -63,7 +63,7 @@ def test_generators_write_only_into_folders_they_made(tmp_path):
     with pytest.raises(DataError, match=r"task_D_D is not empty \(it holds training/\) and the "
                                         r"simulator generator did not make it .*'calvin' data.*"
                                         r"--config\.data\.format=calvin"):
-        generate_source("sim", str(calvin), sim=SimSettings(1, 0, 4, 32))
+        generate_source("sim", str(calvin), SourceOptions(sim=SimSettings(1, 0, 4, 32)))
     assert listing(calvin) == before
 
     episodes = tmp_path / "mine"

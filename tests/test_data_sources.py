@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.calvin import calvin_episodes, frame_path, read_language_annotations, write_segments
-from data.episode import ActionSpec, DataError, SkippedDataWarning, read_episode
+from data.episode import ActionLayout, DataError, SkippedDataWarning, read_episode
 from data.episodes import npz_episodes
 from data.images import area_weights, resize_frames
 
@@ -31,7 +31,7 @@ def test_episodes_folder_frames_and_actions_aligned(tmp_path):
         ("ep1", 5, (8, 8)),
         ("ep2", 7, (8, 8)),
     ]
-    assert episodes[0].action_spec == ActionSpec("continuous", (2,))
+    assert episodes[0].action_layout == ActionLayout("continuous", (2,))
     frames, actions = episodes[1].read(2, 6)
     assert frames.shape == (4, 8, 8, 3) and frames.dtype == np.uint8
     np.testing.assert_array_equal(frames[:, 0, 0, 0], [202, 203, 204, 205])
@@ -43,10 +43,10 @@ def test_episodes_folder_action_kinds(tmp_path):
     write_episode(tmp_path, "ep1", 4, actions="discrete")
     write_episode(tmp_path, "ep2", 4, actions=None)
     discrete, unlabeled = npz_episodes(str(tmp_path))
-    assert discrete.action_spec == ActionSpec("discrete", ())
+    assert discrete.action_layout == ActionLayout("discrete", ())
     np.testing.assert_array_equal(read_episode(discrete).actions, [100, 101, 102, 103])
-    assert unlabeled.action_spec is None and read_episode(unlabeled).actions is None
-    assert ActionSpec.infer(np.int64, (3,)) == ActionSpec("multipart", (3,))
+    assert unlabeled.action_layout is None and read_episode(unlabeled).actions is None
+    assert ActionLayout.infer(np.int64, (3,)) == ActionLayout("multipart", (3,))
 
 
 def test_episodes_folder_errors_name_file_and_fix(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from data.clips import ClipSettings, open_shard, prepare_clips
 from data.episode import DataError, SkippedDataWarning
-from data.prepare import episode_splits
+from data.sources import episode_splits
 from data.vpt import VPT_BUTTONS, camera_bins, camera_class, jsonl_actions, vpt_episodes
 
 av = pytest.importorskip("av")
@@ -115,7 +115,7 @@ def test_vpt_reader_frames_and_actions_aligned(tmp_path):
     (tmp_path / "notes.txt").write_text("not a segment")
     first, second = vpt_episodes(str(tmp_path), frame_size=(18, 32))
     assert (first.name, first.length, second.name, second.length) == ("seg_a", 12, "seg_b", 30)
-    assert second.action_spec.kind == "multipart" and second.action_spec.shape == (24,)
+    assert second.action_layout.kind == "multipart" and second.action_layout.shape == (24,)
     frames, actions = second.read(13, 20)  # starts between key frames
     assert frames.shape == (7, 18, 32, 3) and frames.dtype == np.uint8
     t = np.arange(13, 20)

@@ -7,12 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-from core.training import init_state, make_train_step
+from core.training import init_state
 from dynamics import objectives
 from dynamics.actions import ActionEncoder, ActionSpec, align_actions
 from dynamics.model import Dynamics, DynamicsConfig
 from dynamics.sampler import generate, generate_uncached, next_frame
-from dynamics.toy import blob_latents
+from dynamics.toy import blob_batch, blob_latents
+from dynamics.train import make_train_step
 
 CONTINUOUS = ActionSpec("continuous", dim=2)
 
@@ -52,6 +53,26 @@ def test_action_encoders(spec, actions):
     assert not np.allclose(out[0, 0], out[0, 1])
     with pytest.raises(ValueError, match="classes"):
         ActionSpec("discrete", classes=(3, 4))
+
+
+def test_action_spec_from_a_data_layout():
+    """Continuous layouts keep their width (none at all: dim 1), discrete and multi-part ones
+    take one class count per part; a count per part that does not match names the parts."""
+    from data.episode import NO_ACTIONS, ActionLayout
+
+    assert ActionSpec.from_layout(ActionLayout("continuous", (7,))) == ActionSpec("continuous",
+                                                                                  dim=7)
+    assert ActionSpec.from_layout(NO_ACTIONS, (5,)) == ActionSpec("continuous", dim=1)
+    assert ActionSpec.from_layout(ActionLayout("discrete", ()), (15,)) == \
+        ActionSpec("discrete", classes=(15,))
+    assert ActionSpec.from_layout(ActionLayout("multipart", (3,)), [2, 2, 121]) == \
+        ActionSpec("multipart", classes=(2, 2, 121))
+    with pytest.raises(ValueError, match=r"multipart actions with 3 part\(s\).*got \(2, 2\)"):
+        ActionSpec.from_layout(ActionLayout("multipart", (3,)), (2, 2))
+    with pytest.raises(ValueError, match=r"discrete actions with 1 part\(s\).*got \(\)"):
+        ActionSpec.from_layout(ActionLayout("discrete", ()))
+    with pytest.raises(ValueError, match="classes >= 2"):
+        ActionSpec.from_layout(ActionLayout("discrete", ()), (1,))
 
 
 def test_continuous_actions_are_standardised_per_dimension():
@@ -181,6 +202,35 @@ def test_action_at_step_t_changes_only_later_frames():
     assert not np.allclose(base[:, frame(5)], other[:, frame(5)])
 
 
+def test_batch_loss_is_the_loss_of_the_shifted_actions():
+    """dynamics.train.batch_loss on a dataset batch = dynamics_loss on actions shifted by hand
+    (numpy: frame t gets actions[t - 1], frame 0 none), for each bootstrap row count and
+    objective; the loss state passes through."""
+    from dynamics.train import batch_loss
+
+    model = Dynamics(DynamicsConfig(latent_tokens=4, latent_dim=3, action=CONTINUOUS, width=32,
+                                    depth=2, heads=2, time_every=2, registers=1, k_max=8),
+                     key=jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {"latents": rng.normal(size=(4, 5, 4, 3)).astype(np.float32),
+             "actions": rng.normal(size=(4, 5, 2)).astype(np.float32),
+             "has_action": rng.random((4, 5)) < 0.7}
+    shifted = np.zeros_like(batch["actions"])
+    shifted[:, 1:] = batch["actions"][:, :-1]
+    known = np.zeros_like(batch["has_action"])
+    known[:, 1:] = batch["has_action"][:, :-1]
+    for rows, objective in ((0, "shortcut"), (2, "shortcut"), (0, "meanflow")):
+        key = jax.random.key(rows)
+        loss, (metrics, state) = batch_loss(
+            model, {"ema": 1.0}, 0, {k: jnp.asarray(v) for k, v in batch.items()}, key=key,
+            bootstrap_rows=rows, objective=objective)
+        expected, _ = objectives.dynamics_loss(
+            model, jnp.asarray(batch["latents"]), jnp.asarray(shifted), jnp.asarray(known),
+            key=key, bootstrap_rows=rows, objective=objective)
+        np.testing.assert_allclose(loss, expected, rtol=1e-6)
+        assert state == {"ema": 1.0} and "flow_mse" in metrics
+
+
 def test_learns_action_conditioned_blob_motion():
     """A small model trained for 500 steps (about 40 s on 2 cores) on blob motion predicts the
     next frame better than copying the last one (cached generation, K = 4, held-out sequences;
@@ -191,17 +241,10 @@ def test_learns_action_conditioned_blob_motion():
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-3))
     state = init_state(model, optimizer)
 
-    def loss_fn(model, loss_state, step, batch, *, key, bootstrap_rows):
-        latents, actions = batch
-        has = jnp.ones(latents.shape[:2], bool)
-        loss, metrics = objectives.dynamics_loss(model, latents, *align_actions(actions, has),
-                                                 key=key, bootstrap_rows=bootstrap_rows)
-        return loss, (metrics, loss_state)
-
-    step = make_train_step(loss_fn, optimizer, static_argnames=("bootstrap_rows",))
+    step = make_train_step(optimizer)
     for i in range(500):
         key = jax.random.fold_in(jax.random.key(1), i)
-        state, metrics = step(state, blob_latents(key, 16, 6), jax.random.fold_in(key, 1),
+        state, metrics = step(state, blob_batch(key, 16, 6), jax.random.fold_in(key, 1),
                               bootstrap_rows=4 if i >= 250 else 0)
     assert int(metrics["skipped"]) == 0
     latents, actions = blob_latents(jax.random.key(99), 32, 6)

@@ -1,10 +1,16 @@
-"""dynamics.bench rows run on a tiny model (the benchmark itself is run by hand)."""
+"""dynamics.bench rows run on a tiny model, and the presets of launch.generation_bench (the
+benchmark itself is run by hand)."""
 
 import jax
 import pytest
+from absl import app
 
-from dynamics.bench import ACTION, bench_row, floor_row
+from dynamics.actions import ActionSpec
+from dynamics.bench import bench_row, floor_row
 from dynamics.model import Dynamics, DynamicsConfig
+from launch.generation_bench import preset
+
+ACTION = ActionSpec("continuous", dim=7)
 
 
 def test_bench_row_on_tiny_model():
@@ -36,3 +42,25 @@ def test_floor_row_counts_every_pass_over_weights_and_cache():
     assert row["gflop_per_frame"] * 1e9 > matmul_lower_bound
     seconds = max(row["gflop_per_frame"] * 1e9 / 1e12, row["gb_per_frame"] * 1e9 / 1e11)
     assert row["floor_fps"] == pytest.approx(1 / seconds)
+
+
+def test_config_presets_are_the_full_configs_models():
+    """The sizes written out from configs/<name>.py:full, with their sources' actions (the
+    simulator's 7-D continuous, CoinRun's 15 and Craftax-Classic's 17 discrete ones)."""
+    full = dict(time_every=4, remat=True, compute_dtype="bfloat16")
+    expected = {
+        "calvin": DynamicsConfig(latent_tokens=32, latent_dim=32, action=ACTION, width=768,
+                                 depth=8, heads=12, kv_heads=4, registers=4, k_max=128, **full),
+        "coinrun": DynamicsConfig(latent_tokens=16, latent_dim=32,
+                                  action=ActionSpec("discrete", classes=(15,)), width=768,
+                                  depth=12, heads=12, kv_heads=4, registers=4, k_max=128, **full),
+        "minecraft": DynamicsConfig(latent_tokens=128, latent_dim=16, pack=2,
+                                    action=ActionSpec("discrete", classes=(17,)), width=1024,
+                                    depth=16, heads=16, kv_heads=4, registers=8, k_max=64,
+                                    **full),
+    }
+    for name, config in expected.items():
+        assert (preset(name).config, preset(name).batch) == (config, 1)
+    assert preset("small").batch == 4
+    with pytest.raises(app.UsageError, match=r"no preset 'huge'; use small or one of"):
+        preset("huge")

@@ -20,11 +20,10 @@ from tensorboardX.proto.event_pb2 import Event
 from configs import calvin
 from core import Linear
 from core.training import init_state, make_train_step
-from data.clips import save_shard
+from data.clips import ClipStore, save_shard
 from dynamics import ActionSpec
 from launch import settings
 from launch.distributed import make_mesh
-from launch.evaluate import eval_clips
 from launch.run import run
 from launch.stages import check_action_classes
 from launch.trainer import train
@@ -71,7 +70,7 @@ def test_every_stage_end_to_end(tmp_path):
     video = iio.imread(tensorboard_images(tmp_path / "logs" / "eval")["eval/rollout_0"],
                        extension=".gif", index=None)[..., :3]
     length = config.eval.context_frames + config.eval.horizon
-    truth = eval_clips(str(tmp_path / "clips"), 1, length)["frames"][0][[0, -1]]
+    truth = ClipStore(str(tmp_path / "clips")).first("eval", 1, length)["frames"][0][[0, -1]]
     side = truth.shape[1]
     assert 2 <= len(video) <= length and video.shape[1] == 4 * side
     assert np.abs(video[[0, -1], ::4, :4 * side:4].astype(int) - truth).mean() < 6
@@ -116,7 +115,8 @@ def test_own_episodes_folder_with_discrete_actions(tmp_path):
     assert set(summary) >= SUMMARY_KEYS and all(np.isfinite(summary["rollout.psnr"]))
     # The square stops at the borders, so true frames can repeat the last context frame.
     context, horizon = config.eval.context_frames, config.eval.horizon
-    clips = eval_clips(str(tmp_path / "run" / "clips"), config.eval.rollouts, context + horizon)
+    clips = ClipStore(str(tmp_path / "run" / "clips")).first("eval", config.eval.rollouts,
+                                                      context + horizon)
     assert summary["rollout.copy_last_exact"] == [
         sum(np.array_equal(clip[context + h], clip[context - 1]) for clip in clips["frames"])
         for h in range(horizon)]
@@ -146,17 +146,17 @@ def test_action_range_check_per_part(tmp_path):
     has_action = np.array([[True, True, False]])
     save_shard(str(tmp_path / "eval" / "s0"), {"latents": np.zeros((1, 3, 1, 1), np.float32),
                                               "actions": actions, "has_action": has_action}, {})
-    index = {"shards": {"train": [["empty", 0]], "eval": [["s0", 1]]}}
-    check_action_classes(str(tmp_path), index, ActionSpec("multipart", classes=(2, 6)))
-    check_action_classes(str(tmp_path), index, ActionSpec("continuous", dim=2))
+    latents = ClipStore(str(tmp_path), {"shards": {"train": [["empty", 0]], "eval": [["s0", 1]]}})
+    check_action_classes(latents, ActionSpec("multipart", classes=(2, 6)))
+    check_action_classes(latents, ActionSpec("continuous", dim=2))
     with pytest.raises(settings.ConfigError, match=r"eval/s0 .* from \[0, 2\] to \[1, 5\] "
                                                    r"\(per part\), outside the classes \(2, 5\)"):
-        check_action_classes(str(tmp_path), index, ActionSpec("multipart", classes=(2, 5)))
+        check_action_classes(latents, ActionSpec("multipart", classes=(2, 5)))
     has_action[0, 2] = True  # now the row with 7 and -1 counts
     save_shard(str(tmp_path / "eval" / "s1"), {"latents": np.zeros((1, 3, 1, 1), np.float32),
                                               "actions": actions, "has_action": has_action}, {})
     with pytest.raises(settings.ConfigError, match=r"from \[0, -1\] to \[7, 5\].*map negative"):
-        check_action_classes(str(tmp_path), {"shards": {"eval": [["s1", 1]]}},
+        check_action_classes(ClipStore(str(tmp_path), {"shards": {"eval": [["s1", 1]]}}),
                              ActionSpec("multipart", classes=(8, 6)))
 
 
@@ -251,14 +251,15 @@ SHARDED = textwrap.dedent("""
     from launch.distributed import make_mesh, process_batch, shard_state, state_shardings
     from launch.stages import dynamics_loss_fn
     from launch.trainer import make_optimizer
-    from core.training import init_state, make_train_step
+    from core.training import init_state
     from dynamics import Dynamics
+    from dynamics.train import make_train_step
     config = calvin.get_config("tiny")
     config.dynamics.width = 64  # an fsdp-divisible width
     spec = ActionSpec("continuous", dim=7)
     model = Dynamics(settings.dynamics_config(config, spec), key=jax.random.key(0))
     optimizer = make_optimizer(config.train.dynamics)
-    step = make_train_step(dynamics_loss_fn(config), optimizer, static_argnames=("bootstrap_rows",))
+    step = make_train_step(optimizer, dynamics_loss_fn(config))
     rng = np.random.default_rng(0)
     batch = {"latents": np.tanh(rng.normal(size=(8, 6, 4, 8))).astype(np.float32),
              "actions": rng.normal(size=(8, 6, 7)).astype(np.float32),

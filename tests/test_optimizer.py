@@ -74,7 +74,8 @@ def test_muon_update_is_the_orthogonalised_gradient():
 def test_muon_trains_the_dynamics_model(tmp_path):
     """A few Muon steps on one fixed batch lower the dynamics loss (same key each step), and the
     Muon state survives a checkpoint round trip."""
-    from core.training import init_state, make_train_step
+    from core.training import init_state
+    from dynamics.train import make_train_step
     from launch.checkpoints import Checkpoints
     from launch.distributed import make_mesh, state_shardings
     from launch.stages import dynamics_loss_fn
@@ -84,8 +85,7 @@ def test_muon_trains_the_dynamics_model(tmp_path):
     model = Dynamics(settings.dynamics_config(config, ActionSpec("continuous", dim=7)),
                      key=jax.random.key(0))
     optimizer = make_optimizer(config.train.dynamics)
-    step = make_train_step(dynamics_loss_fn(config), optimizer,
-                           static_argnames=("bootstrap_rows",))
+    step = make_train_step(optimizer, dynamics_loss_fn(config))
     rng = np.random.default_rng(0)
     batch = {"latents": np.tanh(rng.normal(size=(4, 6, 4, 8))).astype(np.float32),
              "actions": rng.normal(size=(4, 6, 7)).astype(np.float32),
