@@ -5,8 +5,10 @@ Fields (every size lives here, none in code):
   `path`, by default `<workdir>/source`), frame `image_size` (side, or (height, width)), clip
   `clip_length` / `clip_stride`, held-out `eval_fraction`, `workers`, `skip_bad`,
   `action_classes` (class count per part of discrete or multi-part actions; empty: the source's
-  own), and the generators' settings (`sim_*`, `gen_episodes`, `gen_max_length`,
-  `craftax_classic`, `coinrun_levels`: distinct CoinRun levels, 0 for one per episode);
+  own), `normalise_actions` (standardise continuous actions per dimension with the training
+  data's statistics; off: on the simulator it changed nothing measurable, BENCHMARKS.md), and the
+  generators' settings (`sim_*`, `gen_episodes`, `gen_max_length`, `craftax_classic`,
+  `coinrun_levels`: distinct CoinRun levels, 0 for one per episode);
 - tokenizer: `tokenizer.TokenizerConfig` fields with its defaults (image_size comes from data),
   plus `perceptual_weights` (a local weight file for the perceptual loss; empty: none);
 - dynamics: `dynamics.DynamicsConfig` fields with its defaults (latent sizes, actions and the
@@ -86,7 +88,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         sim_train_episodes=64, sim_eval_episodes=8, sim_episode_length=120, sim_render_size=200,
         sim_frame_skip=1,
         gen_episodes=100, gen_max_length=1000, craftax_classic=True, coinrun_levels=0,
-        loader_threads=2,
+        loader_threads=2, normalise_actions=False,
     ))
     config.tokenizer = ml_collections.ConfigDict(
         dataclass_defaults(TokenizerConfig, drop=TOKENIZER_FROM_DATA) | {"perceptual_weights": ""})

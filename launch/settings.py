@@ -120,14 +120,16 @@ def action_spec(config, layout: ActionLayout) -> ActionSpec:
 def dynamics_config(config, action: ActionSpec, latent_stats: dict | None = None
                     ) -> DynamicsConfig:
     """The dynamics sizes; `latent_stats` ({"mean", "std"} of the training latents, and the
-    continuous actions' per-dimension "action_mean" / "action_std", from the
-    latents stage) sets the model's standardisation (default: none)."""
+    continuous actions' per-dimension "action_mean" / "action_std", used when
+    config.data.normalise_actions is on, from the latents stage) sets the model's
+    standardisation (default: none)."""
     tok = tokenizer_config(config)
     fields = _fields(config.dynamics)
     fields["kv_heads"] = fields["kv_heads"] or None
     stats = latent_stats or {"mean": 0.0, "std": 1.0}
     action_stats = {}
-    if action.kind == "continuous" and len(stats.get("action_mean", ())) == action.dim:
+    if config.data.normalise_actions and action.kind == "continuous" and \
+            len(stats.get("action_mean", ())) == action.dim:
         action_stats = {"action_mean": tuple(stats["action_mean"]),
                         "action_std": tuple(stats["action_std"])}
     try:

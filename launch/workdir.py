@@ -65,7 +65,8 @@ def locked(root: str):
 # and schedule, eval, mesh, stages) change nothing that was written.
 INVALIDATES = (
     ("data.workers", None), ("data.loader_threads", None), ("data.skip_bad", None),
-    ("data.action_classes", "dynamics"), ("data.", "data"), ("seed", "data"),
+    ("data.action_classes", "dynamics"), ("data.normalise_actions", "dynamics"),
+    ("data.", "data"), ("seed", "data"),
     ("tokenizer.backend", None), ("tokenizer.remat", None), ("tokenizer.compute_dtype", None),
     ("tokenizer.", "tokenizer"), ("train.tokenizer.optimizer", "tokenizer"),
     ("dynamics.backend", None), ("dynamics.remat", None), ("dynamics.compute_dtype", None),

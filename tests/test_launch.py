@@ -85,7 +85,11 @@ def test_every_stage_end_to_end(tmp_path):
     std = actions.std(0)
     np.testing.assert_allclose(stats["action_std"], np.where(std > 1e-6, std, 1.0), rtol=1e-4)
     saved = json.loads((tmp_path / "models" / "dynamics" / "header.json").read_text())["config"]
-    assert saved["action_std"] == stats["action_std"]
+    assert saved["action_std"] == []  # config.data.normalise_actions is off by default
+    config.data.normalise_actions = True
+    assert settings.dynamics_config(config, ActionSpec("continuous", dim=7),
+                                    stats).action_std == tuple(stats["action_std"])
+    config.data.normalise_actions = False
     before = os.path.getmtime(tmp_path / "latents" / "index.json")
     config.stages = "data,tokenizer,latents,dynamics"
     run(config, str(tmp_path))
