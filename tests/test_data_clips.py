@@ -124,7 +124,7 @@ def shard_bytes(clips_dir):
         os.path.relpath(os.path.join(d, f), clips_dir): open(os.path.join(d, f), "rb").read()
         for d, _, files in os.walk(clips_dir)
         for f in files
-        if f != "index.json"
+        if f not in ("index.json", ".lock")  # the lock records who held it and when
     }
 
 
