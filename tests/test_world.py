@@ -131,3 +131,10 @@ def test_policy_reads_features_and_compiles_once():
     want = np.tanh(np.mean(np.asarray(out.seen.features["agent"]), axis=(2, 3)))
     np.testing.assert_allclose(out.actions[..., 0], want, rtol=1e-5, atol=1e-6)
     assert len(np.unique(np.round(np.asarray(out.actions[..., 0]), 6))) > 1
+
+
+def test_broken_header_is_named(tmp_path):
+    _world().save(str(tmp_path))
+    (tmp_path / "tokenizer" / "header.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"tokenizer/header.json: not valid JSON"):
+        WorldModel.load(str(tmp_path))

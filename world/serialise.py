@@ -63,11 +63,15 @@ def read_header(folder: str, *, kind: str) -> dict:
     path = os.path.join(folder, HEADER)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder}: no {HEADER}; not a saved {kind} model.")
-    with open(path) as f:
-        header = json.load(f)
-    if header.get("format") != FORMAT or header.get("kind") != kind:
-        raise ValueError(f"{path}: expected a {FORMAT!r} {kind} model, found format "
-                         f"{header.get('format')!r} kind {header.get('kind')!r}.")
+    try:
+        with open(path) as f:
+            header = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); save the model again.") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("kind") != kind:
+        found = header if not isinstance(header, dict) else (header.get("format"),
+                                                                header.get("kind"))
+        raise ValueError(f"{path}: expected a {FORMAT!r} {kind} model, found {found!r}.")
     if header.get("version", 0) > VERSION:
         raise ValueError(f"{path}: model format version {header['version']} is newer than this "
                          f"code's ({VERSION}); update the code.")
