@@ -10,12 +10,7 @@ Shortcut forcing, per frame (diffusion forcing: every frame draws its own tau an
   k_max}; two half steps of the same network without gradient give the target
   z_tau + (1 - tau) sg((b1 + b2) / 2), the x-space form of (1 - tau)^2 ||v_hat - v_target||^2.
   Every frame of a row moves to the half-step point; teacher = online weights;
-- tau uniform on the grid of d: {0, d, ..., 1 - d}; loss weight w(tau) = 0.9 tau + 0.1;
-- context rows (each flow row with probability `context_fraction`): the frames before a random
-  split point 1..T - 1 draw tau from the grid's levels at or above `CONTEXT_SIGNAL` instead, as
-  the sampler's committed context frames are (the eval re-noises them to 0.9). With independent
-  levels alone the frame before a target is that clean in only 1 draw of 8, so the model rarely
-  practises the task the sampler sets it: the next frame from clean-ish context.
+- tau uniform on the grid of d: {0, d, ..., 1 - d}; loss weight w(tau) = 0.9 tau + 0.1.
 With `bootstrap_rows = 0` (static) the teacher passes are not traced at all.
 
 MeanFlow (in the same tau convention): U = (z1_hat - z_tau) / (1 - tau) is the average
@@ -39,8 +34,6 @@ shortcut 0.051-0.058 vs MeanFlow 0.064-0.070. On this problem MeanFlow buys no 1
 and loses more at K = 4, so shortcut forcing stays the default.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
@@ -48,7 +41,6 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from dynamics.model import Dynamics
 
 OBJECTIVES = ("shortcut", "meanflow")
-CONTEXT_SIGNAL = 0.8  # the lowest signal level of a context row's context frames
 
 
 def ramp_weight(tau: Float[Array, "*batch"]) -> Float[Array, "*batch"]:
@@ -59,12 +51,9 @@ def _frames(x: Float[Array, "batch time"]) -> Float[Array, "batch time 1 1"]:
     return x[:, :, None, None]
 
 
-def sample_levels(key: PRNGKeyArray, batch: int, time: int, k_max: int, bootstrap_rows: int,
-                  context_fraction: float = 0.0
+def sample_levels(key: PRNGKeyArray, batch: int, time: int, k_max: int, bootstrap_rows: int
                   ) -> tuple[Float[Array, "batch time"], Float[Array, "batch time"]]:
-    """Per-frame (tau, d): d_min on flow rows, coarser powers of two on bootstrap rows; on
-    context rows (flow rows, each with probability `context_fraction`) the frames before a
-    random split point get levels >= CONTEXT_SIGNAL."""
+    """Per-frame (tau, d): d_min on flow rows, coarser powers of two on bootstrap rows."""
     k_level, k_tau = jax.random.split(key)
     levels = int(k_max).bit_length() - 1  # log2 k_max
     level = jax.random.randint(k_level, (batch, time), 1, max(levels, 1) + 1)
@@ -72,15 +61,7 @@ def sample_levels(key: PRNGKeyArray, batch: int, time: int, k_max: int, bootstra
     level = jnp.where(is_bootstrap & (levels > 0), level, 0)
     d = (2.0 ** level.astype(jnp.float32)) / k_max
     steps = jnp.floor(jax.random.uniform(k_tau, (batch, time)) / d)  # uniform on {0..1/d - 1}
-    tau = steps * d
-    if context_fraction > 0 and time > 1:
-        k_row, k_split, k_context = jax.random.split(jax.random.fold_in(key, 1), 3)
-        is_context = (jax.random.uniform(k_row, (batch, 1)) < context_fraction) & ~is_bootstrap
-        split = jax.random.randint(k_split, (batch, 1), 1, time)
-        lowest = min(math.ceil(CONTEXT_SIGNAL * k_max - 1e-6), k_max - 1)
-        context = jax.random.randint(k_context, (batch, time), lowest, k_max) / k_max
-        tau = jnp.where(is_context & (jnp.arange(time)[None] < split), context, tau)
-    return tau, d
+    return steps * d, d
 
 
 def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
@@ -133,7 +114,6 @@ def dynamics_loss(
     bootstrap_rows: int = 0,
     mean_fraction: float = 0.25,
     image_fraction: float = 0.3,
-    context_fraction: float = 0.0,
 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
     """Weighted x-space loss (in standardised units) and metrics; tokenizer latents, actions in
     the model convention (`align_actions`)."""
@@ -146,7 +126,7 @@ def dynamics_loss(
     is_image, time_mask = image_rows_mask(k_image, batch, time, image_fraction)
     has_action = has_action & ~is_image[:, None]
     z0 = jax.random.normal(k_noise, latents.shape)
-    tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows, context_fraction)
+    tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows)
     if objective == "meanflow":
         use_mean = jax.random.uniform(k_mean, (batch, time)) < mean_fraction
         d = jnp.where(use_mean, jax.random.uniform(k_span, (batch, time)) * (1.0 - tau), 0.0)

@@ -276,8 +276,7 @@ def dynamics_loss_fn(config):
     objective settings."""
     train = config.train.dynamics
     return dynamics_train.loss_fn(objective=train.objective, mean_fraction=train.mean_fraction,
-                                  image_fraction=train.image_fraction,
-                                  context_fraction=train.context_fraction)
+                                  image_fraction=train.image_fraction)
 
 
 def new_dynamics_state(config, work: Workdir):

@@ -101,30 +101,6 @@ def test_sample_levels_grid():
                                [0.1, 0.55, 1.0])
 
 
-def test_sample_levels_context_rows():
-    """Context rows: a prefix of 1..T-1 frames at grid levels >= CONTEXT_SIGNAL, on flow rows
-    only; context_fraction 0 leaves the levels exactly as they were."""
-    key, k_max, time = jax.random.key(1), 16, 12
-    plain = np.asarray(objectives.sample_levels(key, 64, time, k_max, 4)[0])
-    tau, d = (np.asarray(x) for x in objectives.sample_levels(key, 64, time, k_max, 4, 1.0))
-    np.testing.assert_array_equal(
-        np.asarray(objectives.sample_levels(key, 64, time, k_max, 4, 0.0)[0]), plain)
-    np.testing.assert_array_equal(tau[:4], plain[:4])  # bootstrap rows untouched
-    lowest = 13 / 16  # ceil(0.8 * 16) / 16
-    on_grid = np.isin(np.round(tau * 16), np.arange(16)) & np.isclose(tau * 16,
-                                                                       np.round(tau * 16))
-    assert np.all(on_grid)
-    for row_tau, row_plain in zip(tau[4:], plain[4:], strict=True):
-        # some split 1..T-1: a clean prefix, then the plain levels unchanged
-        assert any(np.all(row_tau[:s] >= lowest) and np.array_equal(row_tau[s:], row_plain[s:])
-                   for s in range(1, time))
-    assert np.mean(tau[4:] != plain[4:]) > 0.3  # the prefixes do replace noisy levels
-    np.testing.assert_array_equal(d[4:], 1 / 16)
-    half = np.asarray(objectives.sample_levels(key, 4000, 2, k_max, 0, 0.5)[0])
-    clean = half[:, 0] >= lowest  # plain: 3 of 16 levels; context rows: always
-    assert abs(clean.mean() - (0.5 + 0.5 * 3 / 16)) < 0.03
-
-
 @pytest.mark.parametrize("bootstrap_rows,mean,std", [(0, 0.0, 1.0), (2, 0.0, 1.0),
                                                      (2, 0.2, 0.5)])
 def test_shortcut_loss_matches_float64_reference(bootstrap_rows, mean, std):
