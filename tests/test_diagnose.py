@@ -4,6 +4,7 @@ equals the rollout's first step)."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,16 +15,19 @@ from launch.run import run
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("tiny"))
+def evaluated_run(tiny_run, tmp_path_factory):
+    """The session's tiny trained run (conftest), copied and evaluated."""
+    workdir = str(tmp_path_factory.mktemp("evaluated"))
+    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
     config = calvin.get_config("tiny")
+    config.stages = "eval"
     run(config, workdir)
     with open(os.path.join(workdir, "eval", "summary.json")) as f:
         return workdir, config, json.load(f)
 
 
-def test_probe_keys_on_a_tiny_run(tiny_run):
-    _, config, summary = tiny_run
+def test_probe_keys_on_a_tiny_run(evaluated_run):
+    _, config, summary = evaluated_run
     horizon = config.eval.horizon
     for suffix in ("", "_copy_last", "_shuffled_actions"):
         for what in ("probe_error_cm", "probe_block_error_cm"):
@@ -45,8 +49,8 @@ def test_settings_grid_varies_k_then_signal():
         (1, 0.9), (2, 0.9), (4, 0.9), (4, 0.8), (4, 1.0)]
 
 
-def test_breakdown_on_a_tiny_run(tiny_run, capsys):
-    workdir, config, summary = tiny_run
+def test_breakdown_on_a_tiny_run(evaluated_run, capsys):
+    workdir, config, summary = evaluated_run
     ev = config.eval
     result = diagnose(load_context(workdir), ks=(1, ev.sampling_steps), signals=(1.0,))
     assert result["settings"]["rollouts"] == ev.rollouts
