@@ -43,14 +43,11 @@ def test_a_second_run_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
         pass
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A workdir with every stage but eval done on the tiny CALVIN config."""
-    root = tmp_path_factory.mktemp("trained") / "run"
-    config = calvin.get_config("tiny")
-    config.stages = "data,tokenizer,latents,dynamics"
-    run(config, str(root))
-    return root
+@pytest.fixture
+def trained(tiny_run):
+    """A workdir with every stage but eval done on the tiny CALVIN config (conftest's, shared
+    by the session: tests work on copies)."""
+    return tiny_run
 
 
 def copy_of(trained, tmp_path):
