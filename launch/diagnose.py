@@ -33,6 +33,7 @@ from dynamics import generate
 from launch.evaluate import EvalContext, batched, decode
 from launch.metrics import rollout_metrics, tokenizer_metrics
 from launch.stages import Workdir
+from launch.workdir import CONFIG_FILE, read_config
 
 KS = (1, 2, 4, 8)
 SIGNALS = (0.8, 0.9, 1.0)
@@ -41,11 +42,11 @@ STAGES = ("one_step", "rollout")
 
 def load_context(workdir: str, *, rollouts: int | None = None) -> EvalContext:
     """The eval stage's context for a finished run, from its config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: missing; give the workdir of a run of launch.run.")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    recorded = read_config(workdir)
+    if recorded is None:
+        raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)}: missing; give the "
+                                "workdir of a run of launch.run.")
+    config = ml_collections.ConfigDict(recorded)
     if rollouts:
         config.eval.rollouts = rollouts
     return EvalContext(config, Workdir(workdir), mesh=None)
@@ -167,13 +168,23 @@ def define_flags() -> dict:
     }
 
 
+def _numbers(flag: str, values, kind) -> list:
+    """The comma list of flag --`flag` as numbers of `kind`; a UsageError naming the flag."""
+    try:
+        return [kind(v) for v in values]
+    except ValueError as e:
+        raise app.UsageError(f"--{flag}: {','.join(values)} is not a comma list of "
+                             f"{kind.__name__} values ({e})") from e
+
+
 def main(argv, options: dict):
     del argv
     logging.set_verbosity(logging.WARNING)
     workdir = options["workdir"].value
+    ks = _numbers("ks", options["ks"].value, int)
+    signals = _numbers("signals", options["signals"].value, float)
     ctx = load_context(workdir, rollouts=options["rollouts"].value)
-    result = diagnose(ctx, ks=[int(k) for k in options["ks"].value],
-                      signals=[float(s) for s in options["signals"].value])
+    result = diagnose(ctx, ks=ks, signals=signals)
     print(table(result))
     path = options["json"].value or os.path.join(workdir, "eval", "diagnose.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -105,13 +105,26 @@ def config_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
             if key in old and old[key] != new[key] and key not in PER_RUN]
 
 
-def same_data_settings(root: str, config) -> bool:
-    """Whether the workdir's config.json exists and no changed field invalidates its data."""
+def read_config(root: str) -> dict | None:
+    """The workdir's recorded config.json, or None when there is none; ConfigError naming the
+    file when it is not valid JSON."""
     path = os.path.join(root, CONFIG_FILE)
     if not os.path.isfile(path):
-        return False
+        return None
     with open(path) as f:
-        changes = config_changes(json.load(f), json.loads(config.to_json_best_effort()))
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); it records the run's config: "
+                              "restore it, or use a new --workdir.") from e
+
+
+def same_data_settings(root: str, config) -> bool:
+    """Whether the workdir's config.json exists and no changed field invalidates its data."""
+    old = read_config(root)
+    if old is None:
+        return False
+    changes = config_changes(old, json.loads(config.to_json_best_effort()))
     return all(invalidated_stage(field) != "data" for field, _, _ in changes)
 
 
@@ -134,10 +147,8 @@ def apply_config(root: str, config, restart: Sequence[str] = ()) -> None:
         raise ConfigError(f"--restart: unknown stage(s) {unknown}; name some of {STAGES}.")
     new = json.loads(config.to_json_best_effort())
     path = os.path.join(root, CONFIG_FILE)
-    changes = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            changes = config_changes(json.load(f), new)
+    old = read_config(root)
+    changes = [] if old is None else config_changes(old, new)
     invalid = [invalidated_stage(field) for field, _, _ in changes]
     invalid = [s for s in STAGES if s in invalid]
     first_restart = next((s for s in STAGES if s in restart), None)

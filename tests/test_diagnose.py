@@ -8,9 +8,10 @@ import shutil
 
 import numpy as np
 import pytest
+from absl import app
 
 from configs import calvin
-from launch.diagnose import diagnose, load_context, settings_grid, table
+from launch.diagnose import _numbers, diagnose, load_context, settings_grid, table
 from launch.run import run
 
 
@@ -42,6 +43,12 @@ def test_probe_keys_on_a_tiny_run(evaluated_run):
     # copy-last's error at every step is the probe's error on one fixed frame per rollout
     # against the moving truth: at step 1 it is at most real error + true motion over a step
     assert summary["rollout.probe_error_cm_copy_last"][0] < 1e3
+
+
+def test_flag_lists_that_are_not_numbers_name_the_flag():
+    assert _numbers("ks", ["1", "4"], int) == [1, 4]
+    with pytest.raises(app.UsageError, match=r"--ks: 1,x is not a comma list of int values"):
+        _numbers("ks", ["1", "x"], int)
 
 
 def test_settings_grid_varies_k_then_signal():

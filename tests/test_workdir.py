@@ -43,22 +43,16 @@ def test_a_second_run_on_a_workdir_in_use_stops_naming_the_first(tmp_path):
         pass
 
 
-@pytest.fixture
-def trained(tiny_run):
-    """A workdir with every stage but eval done on the tiny CALVIN config (conftest's, shared
-    by the session: tests work on copies)."""
-    return tiny_run
-
-
-def copy_of(trained, tmp_path):
-    shutil.copytree(trained, tmp_path / "run")
+def copy_of(tiny_run, tmp_path):
+    """A copy of conftest's tiny trained workdir (every stage but eval), shared by the session."""
+    shutil.copytree(tiny_run, tmp_path / "run")
     return tmp_path / "run"
 
 
-def test_a_changed_model_config_stops_before_anything_is_written(trained, tmp_path):
+def test_a_changed_model_config_stops_before_anything_is_written(tiny_run, tmp_path):
     """Width 64 after training at 32, or seed 1 after seed 0: one error naming the fields and
     the choices, and config.json untouched; --restart=dynamics starts dynamics over at 64."""
-    workdir = copy_of(trained, tmp_path)
+    workdir = copy_of(tiny_run, tmp_path)
     before = listing(workdir)
     config = calvin.get_config("tiny")
     config.stages = "dynamics"
@@ -90,8 +84,8 @@ def test_a_changed_model_config_stops_before_anything_is_written(trained, tmp_pa
         restore(calvin.get_config("tiny"))
 
 
-def test_changes_that_invalidate_nothing_are_kept(trained, tmp_path, capsys):
-    workdir = copy_of(trained, tmp_path)
+def test_changes_that_invalidate_nothing_are_kept(tiny_run, tmp_path, capsys):
+    workdir = copy_of(tiny_run, tmp_path)
     before = listing(workdir)
     config = calvin.get_config("tiny")
     config.train.tokenizer.steps, config.eval.horizon = 9, 3
@@ -103,12 +97,12 @@ def test_changes_that_invalidate_nothing_are_kept(trained, tmp_path, capsys):
         k: v for k, v in before.items() if k != "config.json"}
 
 
-def test_more_tokenizer_training_never_leaves_stale_latents_in_use(trained, tmp_path):
+def test_more_tokenizer_training_never_leaves_stale_latents_in_use(tiny_run, tmp_path):
     """The tokenizer trains on (6 -> 9 steps) in a workdir written before records existed: the
     latents stage stops rather than re-encode under the trained dynamics, eval refuses the old
     latents, and --restart=dynamics encodes every clip again with the step-9 tokenizer and
     trains dynamics on those."""
-    workdir = copy_of(trained, tmp_path)
+    workdir = copy_of(tiny_run, tmp_path)
     work = Workdir(str(workdir))
     for folder in (work.tokenizer, work.latents, work.dynamics):
         os.remove(os.path.join(folder, provenance.RECORD))  # as an older version left it
@@ -148,8 +142,8 @@ def test_more_tokenizer_training_never_leaves_stale_latents_in_use(trained, tmp_
     provenance.check_eval_inputs(work)  # eval would now find everything consistent
 
 
-def test_dynamics_trained_on_other_latents_is_not_reused(trained, tmp_path):
-    work = Workdir(str(copy_of(trained, tmp_path)))
+def test_dynamics_trained_on_other_latents_is_not_reused(tiny_run, tmp_path):
+    work = Workdir(str(copy_of(tiny_run, tmp_path)))
     provenance.check_eval_inputs(work)  # consistent as trained
     path = Path(work.latents) / "index.json"
     index = json.loads(path.read_text())
@@ -159,3 +153,11 @@ def test_dynamics_trained_on_other_latents_is_not_reused(trained, tmp_path):
         provenance.dynamics_inputs(work)
     with pytest.raises(WorkdirError, match=r"dynamics was made from latents .*run the dynamics"):
         provenance.check_eval_inputs(work)
+
+
+def test_a_broken_config_json_is_named(tiny_run, tmp_path):
+    workdir = copy_of(tiny_run, tmp_path)
+    (workdir / "config.json").write_text("{broken")
+    with pytest.raises(ConfigError, match=r"config\.json is not valid JSON .*restore it, or use "
+                                          r"a new --workdir"):
+        run(calvin.get_config("tiny"), str(workdir))
