@@ -1,5 +1,6 @@
 """The packages depend one way (BUILD.md): kernels <- core <- tokenizer, dynamics <- world <-
-launch; data depends on none of the model packages; configs only on the model configs."""
+launch; agent on core and dynamics; data depends on none of the model packages; configs only on
+the model configs."""
 
 import ast
 import os
@@ -7,13 +8,15 @@ import os
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT = {"kernels", "core", "tokenizer", "dynamics", "world", "data", "configs", "launch"}
+PROJECT = {"kernels", "core", "tokenizer", "dynamics", "world", "data", "configs", "launch",
+           "agent"}
 ALLOWED = {
     "kernels": set(),
     "core": {"kernels"},
     "tokenizer": {"core", "kernels"},
     "dynamics": {"core", "kernels"},
     "world": {"tokenizer", "dynamics", "core", "kernels"},
+    "agent": {"core", "dynamics", "kernels"},
     "data": set(),
     "configs": {"tokenizer", "dynamics", "core", "kernels"},
 }
