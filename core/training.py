@@ -4,6 +4,12 @@
 tokenizer's RMS estimates; any pytree, empty for none), the step and a count of skipped updates.
 A step whose loss or gradient is not finite leaves model, optimizer and loss state untouched and
 increments `skipped` (the caller decides when too many skips should stop the run).
+
+`rms_normalised` is the loss normalisation of every multi-term loss (tokenizer, agent
+finetuning): each term L_k keeps an EMA of L_k^2 (zero start, Adam-style bias correction by
+1 - decay^(step + 1), updated with the current batch before use), and the total is
+sum_k w_k L_k / sqrt(EMA_k), the divisor a stop-gradient constant: every term then speaks at
+about its weight, whatever its raw scale.
 """
 
 from collections.abc import Callable
@@ -12,7 +18,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Int, PyTree
+from jaxtyping import Array, Float, Int, PyTree
 
 
 class TrainState(eqx.Module):
@@ -28,6 +34,20 @@ def init_state(model: eqx.Module, optimizer: optax.GradientTransformation,
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     return TrainState(model, opt_state, {} if loss_state is None else loss_state,
                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+
+def rms_normalised(terms: dict[str, Float[Array, ""]], rms_sq_old: dict[str, Float[Array, ""]],
+                   step: Int[Array, ""], *, decay: float,
+                   weights: dict[str, float] | None = None
+                   ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """(sum_k w_k L_k / RMS_k, the updated EMAs of L_k^2); weights default to 1."""
+    count = (step + 1).astype(jnp.float32)
+    rms_sq, total = {}, jnp.zeros((), jnp.float32)
+    for name, value in terms.items():
+        rms_sq[name] = decay * rms_sq_old[name] + (1 - decay) * jax.lax.stop_gradient(value) ** 2
+        unbiased = rms_sq[name] / (1.0 - jnp.power(jnp.float32(decay), count))
+        total = total + (weights or {}).get(name, 1.0) * value / jnp.sqrt(unbiased + 1e-12)
+    return total, rms_sq
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation,

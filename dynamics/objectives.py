@@ -114,11 +114,15 @@ def dynamics_loss(
     bootstrap_rows: int = 0,
     mean_fraction: float = 0.25,
     image_fraction: float = 0.3,
-) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
-    """Weighted x-space loss (in standardised units) and metrics; tokenizer latents, actions in
-    the model convention (`align_actions`)."""
+    with_features: bool = False,
+):
+    """(weighted x-space loss in standardised units, metrics); tokenizer latents, actions in the
+    model convention (`align_actions`). `with_features` (shortcut only) appends the output
+    features per token group of the prediction pass (what agent heads read in finetuning)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"dynamics objective must be one of {OBJECTIVES}, got {objective!r}.")
+    if with_features and objective != "shortcut":
+        raise ValueError("with_features needs the shortcut objective.")
     batch, time = has_action.shape
     k_max = model.config.k_max
     latents = model.normalise(latents)
@@ -136,7 +140,7 @@ def dynamics_loss(
         prediction, target = meanflow_prediction_and_target(
             model, z_tau, tau, d, latents - z0, actions, has_action, time_mask)
     else:
-        prediction = _predict(model, z_tau, tau, d, actions, has_action, time_mask)
+        prediction, features = model(z_tau, tau, d, actions, has_action, time_mask=time_mask)
         target = latents
         if bootstrap_rows:
             rows = slice(0, bootstrap_rows)
@@ -152,4 +156,4 @@ def dynamics_loss(
         return jnp.sum(jnp.where(where, per_frame, 0.0)) / count
 
     metrics = {"loss": loss, "flow_mse": masked_mean(flow), "bootstrap_mse": masked_mean(~flow)}
-    return loss, metrics
+    return (loss, metrics, features) if with_features else (loss, metrics)

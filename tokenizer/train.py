@@ -1,23 +1,20 @@
 """Tokenizer loss with running-RMS normalisation, on the shared `core.training` train step.
 
 Loss terms per batch: "mse" (pixel MSE of the reconstruction from MAE-masked input) and, when a
-`PerceptualNet` is given, "perceptual" (its mean distance). Normalisation: each
-term L_k keeps an EMA of L_k^2 (decay `config.rms_decay`, zero start, Adam-style bias correction
-by 1 - decay^step, updated with the current batch before use); the optimised loss is
-sum_k w_k * L_k / sqrt(EMA_k), with w = 1 for "mse" and `config.perceptual_weight` for
-"perceptual". The divisor is a stop-gradient constant, so it rescales the loss and its gradient.
+`PerceptualNet` is given, "perceptual" (its mean distance), normalised by `core.training.
+rms_normalised` (decay `config.rms_decay`) with weight 1 for "mse" and `config.perceptual_weight`
+for "perceptual".
 """
 
 import functools
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from core import psnr
-from core.training import TrainState, init_state
+from core.training import TrainState, init_state, rms_normalised
 from core.training import make_train_step as make_core_step
 from tokenizer.model import Tokenizer, sample_mae_mask
 from tokenizer.patches import Video, as_float
@@ -51,13 +48,8 @@ def tokenizer_loss(model: Tokenizer, rms_sq_old, step, video, *, key, perceptual
     terms = {"mse": jnp.mean(jnp.square(recon - target))}
     if perceptual is not None:
         terms["perceptual"] = jnp.mean(perceptual(recon, target))
-    weights = {"mse": 1.0, "perceptual": config.perceptual_weight}
-    decay, count = config.rms_decay, (step + 1).astype(jnp.float32)
-    rms_sq, total = {}, jnp.zeros((), jnp.float32)
-    for name, value in terms.items():
-        rms_sq[name] = decay * rms_sq_old[name] + (1 - decay) * jax.lax.stop_gradient(value) ** 2
-        unbiased = rms_sq[name] / (1.0 - jnp.power(jnp.float32(decay), count))
-        total = total + weights[name] * value / jnp.sqrt(unbiased + 1e-12)
+    total, rms_sq = rms_normalised(terms, rms_sq_old, step, decay=config.rms_decay,
+                                   weights={"perceptual": config.perceptual_weight})
     metrics = dict(terms, loss=total, psnr=jnp.mean(psnr(jnp.clip(recon, 0.0, 1.0), target)))
     return total, (metrics, rms_sq)
 

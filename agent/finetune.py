@@ -1,0 +1,77 @@
+"""Phase 2, agent finetuning: behaviour cloning and reward prediction from the agent tokens, while
+the dynamics loss keeps running on the same noisy inputs.
+
+One forward pass of the dynamics model (with agent tokens) on the shortcut objective's noisy
+latents gives the video loss and the agent-token features; the heads read those features:
+- "bc": -log pi(a_{t+n} | h_t) for n = 0..mtp-1, over the steps whose action is known and
+  inside the clip;
+- "reward" (when the batch has rewards): the two-hot cross-entropy of r_{t+n} given h_t and the
+  action a_t taken there, over the steps whose reward is known.
+Each term is RMS-normalised (`core.training.rms_normalised`): behaviour cloning's raw loss can
+start three orders of magnitude above the video loss and would otherwise swamp the world model.
+
+Batch (dataset convention, as the dynamics loader reads it): `latents` [b, t, latents, dim],
+`actions` [b, t, ...] (`actions[t]` taken after frame t), `has_action` [b, t], and optionally
+`rewards` [b, t] (`rewards[t]` earned by `actions[t]`) with `has_reward` [b, t].
+"""
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from agent.heads import AgentHeads, policy_distribution
+from core.training import rms_normalised
+from dynamics import Dynamics, align_actions
+from dynamics.objectives import dynamics_loss
+
+TERMS = ("dynamics", "bc", "reward")
+
+
+class Agent(eqx.Module):
+    """What finetuning trains: the dynamics model (with agent tokens) and the heads."""
+
+    dynamics: Dynamics
+    heads: AgentHeads
+
+
+def ahead(x: Array, known: Bool[Array, "batch time"], steps: int
+          ) -> tuple[Array, Bool[Array, "batch time steps"]]:
+    """(x[:, t + n] for n < steps, stacked on axis 2; known there and inside the clip)."""
+    time = known.shape[1]
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((a.shape[0], steps - 1, *a.shape[2:]),
+                                                  a.dtype)], axis=1)
+    x, known = pad(x), pad(known)
+    take = lambda a: jnp.stack([a[:, n:n + time] for n in range(steps)], axis=2)
+    return take(x), take(known)
+
+
+def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyArray,
+                  bootstrap_rows: int = 0, decay: float = 0.99):
+    """(normalised total, (metrics, updated EMAs of the squared terms)): the loss contract of
+    `core.training.make_train_step`; the loss state is `{term: 0.0}` per term of `TERMS`."""
+    heads, config = agent.heads, agent.heads.config
+    aligned, known = align_actions(batch["actions"], batch["has_action"])
+    video, metrics, features = dynamics_loss(
+        agent.dynamics, batch["latents"], aligned, known, key=key, bootstrap_rows=bootstrap_rows,
+        image_fraction=0.0, with_features=True)
+    h = features["agent"]
+    targets, valid = ahead(batch["actions"], batch["has_action"], config.mtp)
+    logits = heads.policy_logits(h)
+    nll = jnp.stack([-policy_distribution(config, logits[:, :, n]).log_prob(targets[:, :, n])
+                     for n in range(config.mtp)], axis=2)
+    terms = {"dynamics": video, "bc": _mean(nll, valid)}
+    if "rewards" in batch:
+        rewards, has_reward = ahead(batch["rewards"], batch["has_reward"], config.mtp)
+        reward_logits = heads.reward_logits(h, batch["actions"])
+        ce = config.bins.cross_entropy(reward_logits, config.bins.two_hot(rewards))
+        terms["reward"] = _mean(ce, has_reward & batch["has_action"][:, :, None])
+    else:
+        terms["reward"] = jnp.zeros((), jnp.float32)
+    total, rms_sq = rms_normalised(terms, rms_sq_old, step, decay=decay)
+    metrics = metrics | {f"{name}_loss": value for name, value in terms.items()} | {"loss": total}
+    return total, (metrics, rms_sq)
+
+
+def _mean(x: Float[Array, "*shape"], where: Bool[Array, "*shape"]) -> Float[Array, ""]:
+    count = jnp.maximum(jnp.sum(where), 1).astype(jnp.float32)
+    return jnp.sum(jnp.where(where, x, 0.0)) / count

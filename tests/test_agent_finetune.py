@@ -1,0 +1,86 @@
+"""Agent finetuning's loss: the look-ahead targets by hand, the RMS normalisation's first step,
+the closed-form losses of freshly built heads, the video term unchanged, and a train step that
+clones a behaviour while the video loss keeps running."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from agent.distributions import Bins
+from agent.finetune import TERMS, Agent, ahead, finetune_loss
+from agent.heads import AgentHeads, HeadsConfig
+from core.training import init_state, make_train_step
+from dynamics.actions import ActionSpec, align_actions
+from dynamics.model import Dynamics, DynamicsConfig
+from dynamics.objectives import dynamics_loss
+
+SPEC = ActionSpec("discrete", classes=(5,))
+
+
+def make_agent(mtp=3, seed=0):
+    dyn = Dynamics(DynamicsConfig(latent_tokens=4, latent_dim=3, action=SPEC, width=32, depth=2,
+                                  heads=2, time_every=2, registers=1, k_max=4, agent_tokens=2),
+                   key=jax.random.key(seed))
+    heads = AgentHeads(HeadsConfig(SPEC, agent_tokens=2, width=32, hidden=32, mtp=mtp,
+                                   bins=Bins(-5.0, 5.0, 21)), key=jax.random.key(seed + 1))
+    return Agent(dyn, heads)
+
+
+def make_batch(b=4, t=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"latents": jnp.asarray(np.tanh(rng.normal(size=(b, t, 4, 3))), jnp.float32),
+            "actions": jnp.asarray(rng.integers(0, 5, size=(b, t)), jnp.int32),
+            "has_action": jnp.asarray(rng.uniform(size=(b, t)) > 0.2),
+            "rewards": jnp.asarray(rng.normal(size=(b, t)), jnp.float32),
+            "has_reward": jnp.ones((b, t), bool)}
+
+
+def zeros():
+    return {name: jnp.zeros((), jnp.float32) for name in TERMS}
+
+
+def test_ahead_by_hand():
+    x = jnp.array([[10, 11, 12, 13]])
+    known = jnp.array([[True, False, True, True]])
+    got, ok = ahead(x, known, 3)
+    np.testing.assert_array_equal(got[0], [[10, 11, 12], [11, 12, 13], [12, 13, 0], [13, 0, 0]])
+    np.testing.assert_array_equal(ok[0], [[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]])
+
+
+def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_one():
+    agent, batch = make_agent(), make_batch()
+    key = jax.random.key(3)
+    total, (metrics, rms_sq) = finetune_loss(agent, zeros(), jnp.asarray(0), batch, key=key)
+    # Zero output layers: a uniform policy over 5 classes and uniform reward bins.
+    np.testing.assert_allclose(metrics["bc_loss"], math.log(5), rtol=1e-5)
+    np.testing.assert_allclose(metrics["reward_loss"], math.log(21), rtol=1e-5)
+    # The video term is the dynamics loss of the same pass.
+    aligned, known = align_actions(batch["actions"], batch["has_action"])
+    video, _ = dynamics_loss(agent.dynamics, batch["latents"], aligned, known, key=key,
+                             image_fraction=0.0)
+    np.testing.assert_allclose(metrics["dynamics_loss"], video, rtol=1e-6)
+    # Step 0: each EMA holds its own term, so every term divides to 1.
+    np.testing.assert_allclose(total, 3.0, rtol=1e-5)
+    np.testing.assert_allclose(rms_sq["bc"], 0.01 * math.log(5) ** 2, rtol=1e-5)
+
+
+def test_finetuning_clones_the_behaviour_and_keeps_the_video_loss_running():
+    # The demonstrator's action is a function of the frame: the sign pattern of one latent.
+    agent = make_agent(mtp=1)
+    rng = np.random.default_rng(1)
+    latents = jnp.asarray(np.tanh(2.0 * rng.normal(size=(8, 6, 4, 3))), jnp.float32)
+    actions = (latents[..., 0, 0] > 0).astype(jnp.int32) + 2 * (latents[..., 1, 0] > 0).astype(
+        jnp.int32)
+    batch = {"latents": latents, "actions": actions, "has_action": jnp.ones((8, 6), bool)}
+    step = make_train_step(finetune_loss, optax.adam(3e-3))
+    state = init_state(agent, optax.adam(3e-3), loss_state=zeros())
+    first = None
+    for i in range(150):
+        state, metrics = step(state, batch, jax.random.key(i))
+        first = first or {k: float(v) for k, v in metrics.items()}
+    assert float(metrics["bc_loss"]) < 0.5 * first["bc_loss"], (first, metrics)
+    assert float(metrics["dynamics_loss"]) < first["dynamics_loss"]
+    assert float(metrics["skipped"]) == 0
