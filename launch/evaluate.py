@@ -3,17 +3,19 @@ default tokenizer, rollout, speed) on the first `eval.rollouts` held-out clips (
 seen in training) and merges their metrics into <workdir>/eval/summary.json (written atomically).
 
 - tokenizer: PSNR / SSIM of the reconstruction of every frame of the rollout windows;
-- rollout: C = `context_frames` context frames (their latents), then H = `horizon` frames
-  imagined with the KV-cached sampler (K = `sampling_steps`) from the real actions and decoded,
-  `batch` rollouts at a time, batch b sampling with the key fold_in(key(config.seed), b) (the
-  same keys for real and shuffled actions). Per step h: per-frame PSNR / SSIM of the imagined
-  frame against the truth averaged over rollouts (this does not reward blur), the PSNR of the
-  MSE averaged over rollouts (`*_mse`, which does), and the sharpness ratio of imagined to true
-  frames (launch/metrics.py defines each). Baselines on the same frames: copy the last true
-  context frame ("copy_last"), copy the tokenizer's reconstruction of it, and the model driven
-  with actions of another rollout ("shuffled_actions": a world model must do worse with them);
-  "copy_last_exact" counts, per step, the rollouts whose true frame equals the last context
-  frame pixel for pixel (a static scene: copy-last scores the PSNR cap there);
+- rollout: C = `context_frames` context frames (their latents), then H = `horizon` frames imagined
+  with the KV-cached sampler (K = `sampling_steps`) from the real actions and decoded, the cache a
+  sliding window of the longest training sequence (`train.dynamics.seq_lengths`, as in the player:
+  attending over more frames than training ever showed lost 0.1 dB and a third of the action gap,
+  BENCHMARKS.md), `batch` rollouts at a time, batch b sampling with the key
+  fold_in(key(config.seed), b) (the same keys for real and shuffled actions). Per step h: per-frame
+  PSNR / SSIM of the imagined frame against the truth averaged over rollouts (this does not reward
+  blur), the PSNR of the MSE averaged over rollouts (`*_mse`, which does), and the sharpness ratio
+  of imagined to true frames (launch/metrics.py defines each). Baselines on the same frames: copy
+  the last true context frame ("copy_last"), copy the tokenizer's reconstruction of it, and the
+  model driven with actions of another rollout ("shuffled_actions": a world model must do worse
+  with them); "copy_last_exact" counts, per step, the rollouts whose true frame equals the last
+  context frame pixel for pixel (a static scene: copy-last scores the PSNR cap there);
 - probe: where the clips carry states (data/episode.py), the centimetre error of the positions
   a probe fitted on real frames reads off the imagined frames (launch/probe.py); no keys
   otherwise;
@@ -101,6 +103,7 @@ class EvalContext:
         self.config, self.work, self.mesh = config, work, mesh
         self.context = config.eval.context_frames
         self.length = self.context + config.eval.horizon
+        self.window = max(int(max(config.train.dynamics.seq_lengths)), 2)  # KV cache frames
 
     def computed(self, name: str) -> bool:
         """Whether attribute `name` has been loaded or computed."""
@@ -182,7 +185,7 @@ class EvalContext:
 
         def one_batch(index, z, a, has):
             future = generate(self.model, z[:, :context], a, has, key=self.batch_key(index),
-                              steps=steps or ev.sampling_steps,
+                              steps=steps or ev.sampling_steps, capacity=self.window,
                               context_signal=(ev.context_signal if context_signal is None
                                               else context_signal))
             return decode(self.tokenizer, jnp.concatenate([z[:, :context], future], axis=1))

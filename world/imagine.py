@@ -84,7 +84,9 @@ def imagine(
     action. `actions` [batch, context, ...] are the context's own actions in the dataset
     convention (the last one is not used: the policy chooses it); without them the context
     frames get the "no action" embedding. `capacity` (frames in the KV cache, default all)
-    bounds memory: older frames slide out of the window. `world_model` is a `WorldModel` (or a
+    bounds memory: older frames slide out of the window; set it to the longest training sequence
+    when context + horizon exceed it (the eval and the player do: attending over more frames than
+    training showed makes rollouts worse, BENCHMARKS.md). `world_model` is a `WorldModel` (or a
     bare `Dynamics` when `decode` is False)."""
     model = getattr(world_model, "dynamics", world_model)
     context = jnp.asarray(context)
