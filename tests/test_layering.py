@@ -1,6 +1,6 @@
 """The packages depend one way (BUILD.md): kernels <- core <- tokenizer, dynamics <- world <-
-launch; agent on core and dynamics; data depends on none of the model packages; configs only on
-the model configs."""
+launch; agent on core, dynamics and world; data depends on none of the model packages; configs
+only on the model configs."""
 
 import ast
 import os
@@ -16,7 +16,7 @@ ALLOWED = {
     "tokenizer": {"core", "kernels"},
     "dynamics": {"core", "kernels"},
     "world": {"tokenizer", "dynamics", "core", "kernels"},
-    "agent": {"core", "dynamics", "kernels"},
+    "agent": {"core", "dynamics", "kernels", "world"},
     "data": set(),
     "configs": {"tokenizer", "dynamics", "core", "kernels"},
 }

@@ -41,11 +41,13 @@ class Frame(eqx.Module):
 class Imagination(eqx.Module):
     """A rollout of `horizon` frames: their latents, the actions the policy took (action h led to
     frame h), the frame each action was chosen from (`Frame` fields stacked over the horizon),
-    and, when asked for, the decoded frames of context and rollout."""
+    the last imagined frame (`last`: what a value function bootstraps from), and, when asked
+    for, the decoded frames of context and rollout."""
 
     latents: Float[Array, "batch horizon latents dim"]
     actions: Array
     seen: Frame
+    last: Frame
     frames: Float[Array, "batch total height width 3"] | None
 
 
@@ -119,7 +121,7 @@ def imagine(
     decoded = None
     if decode:
         decoded = world_model.decode(jnp.concatenate([context, latents], axis=1))
-    return Imagination(latents, jnp.stack(taken, axis=1), stacked, decoded)
+    return Imagination(latents, jnp.stack(taken, axis=1), stacked, frame, decoded)
 
 
 def _action_shape(model: Dynamics) -> tuple[int, ...]:
