@@ -9,13 +9,17 @@ On-disk format (no pickles: every array is a plain .npy whose header holds shape
         has_action.npy   bool [N, L]; False for frames of episodes without actions
         states.npy       float32 [N, L, S], only when every episode has states (layout:
                          data/episode.py; S is the plan's "state_size")
+        rewards.npy      float32 [N, L], only when every episode has rewards (`rewards[t]` is
+                         earned by `actions[t]`)
+        task.npy         int32 [N, L], only when every episode has task ids
         clips.json       {"episode": [episode name per clip], "start": [first frame per clip]}
 
 `index.json` holds "format" ("dreamer4-clips"), "version", "plan" (settings, frame size, action
-layout, "state_size" when the clips store states, and per split the episodes with their lengths
-and the shards with their planned clip counts), "shards" (per split: [name, clips written]),
-"skipped" (errors of bad input left out with skip_bad) and "complete" (true once every shard
-exists).
+layout, "state_size" when the clips store states, "rewards": true and "task": true when they
+store those, and per split the episodes with their lengths and the shards with their planned
+clip counts), "shards" (per split: [name, clips written]), "skipped" (errors of bad input left out
+with skip_bad) and "complete" (true once every shard exists). When only some episodes have one
+of states, rewards or task ids, preparation warns and the clips store none of it.
 
 Clip starts in an episode of T frames, for clip length L and stride S: 0, S, 2S, ... while
 start + L <= T, plus a last clip starting at T - L when that start is not already there. So with
@@ -29,8 +33,8 @@ renamed into place, so a crash never leaves a partial shard, and re-running with
 skips finished shards (a different plan raises instead of mixing two datasets). It writes only
 into a folder it made or an empty one, and holds the folder's lock (`<out>/.lock`) while it
 writes, so a second preparation of the same folder stops at once instead of deleting the first
-one's temporary shards. A folder prepared before clips stored states keeps its plan, and so
-stays without states, when re-run.
+one's temporary shards. A folder prepared before clips stored states, rewards or task ids keeps
+its plan, and so stays without them, when re-run.
 
 Reading: `ClipStore(folder)` owns the layout (shards per split, clips by position or by
 `ClipId` (episode, start), the first clips of a split); nothing else walks the index's shards.
@@ -50,13 +54,15 @@ from typing import NamedTuple
 import numpy as np
 
 from data.episode import (
+    FRAME_ARRAYS,
+    SCALAR_FRAME_ARRAYS,
     ActionLayout,
     DataError,
     EpisodeRef,
     SkippableDataError,
     SkippedDataWarning,
     dataset_action_layout,
-    dataset_state_size,
+    dataset_frame_arrays,
 )
 from data.images import resize_frames
 from data.jobs import FolderLock, Progress, check_own_folder, run_jobs
@@ -155,13 +161,33 @@ def _target_frame_size(episodes: Sequence[EpisodeRef], settings: ClipSettings) -
     return sizes.pop()
 
 
+def _frame_arrays_of(plan: dict) -> dict[str, tuple[int, ...]]:
+    """The optional per-frame arrays (`data.episode.FRAME_ARRAYS`) the plan's clips store, each
+    with its shape per frame."""
+    stored = {"states": (plan["state_size"],)} if plan.get("state_size") else {}
+    return stored | {key: () for key in SCALAR_FRAME_ARRAYS if plan.get(key)}
+
+
+def _plan_entries(frame_arrays: Mapping[str, tuple[int, ...]]) -> dict:
+    """How the plan records the optional per-frame arrays the clips store (`_frame_arrays_of`
+    reads them back)."""
+    entries = {"state_size": frame_arrays["states"][0]} if "states" in frame_arrays else {}
+    return entries | {key: True for key in SCALAR_FRAME_ARRAYS if key in frame_arrays}
+
+
+def _empty_frame_arrays(lead: tuple[int, ...], frame_arrays: Mapping[str, tuple[int, ...]]
+                        ) -> dict[str, np.ndarray]:
+    return {key: np.zeros((*lead, *shape), FRAME_ARRAYS[key])
+            for key, shape in frame_arrays.items()}
+
+
 def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_layout,
-                 state_size: int = 0):
-    """Frames (resized), actions and (`state_size` > 0) states of ref[start:stop], read in
-    bounded chunks."""
+                 frame_arrays: Mapping[str, tuple[int, ...]]):
+    """Frames (resized), actions and the optional per-frame arrays `frame_arrays` (key -> shape
+    per frame) of ref[start:stop], read in bounded chunks."""
     frames = np.empty((stop - start, *frame_size, 3), np.uint8)
     actions = np.zeros((stop - start, *action_layout.shape), action_layout.dtype)
-    states = np.zeros((stop - start, state_size), np.float32)
+    optional = _empty_frame_arrays((stop - start,), frame_arrays)
     chunk_frames = getattr(ref, "read_chunk", READ_CHUNK) or stop - start
     for lo in range(start, stop, chunk_frames):
         hi = min(lo + chunk_frames, stop)
@@ -169,34 +195,35 @@ def _read_window(ref: EpisodeRef, start: int, stop: int, frame_size, action_layo
         frames[lo - start : hi - start] = resize_frames(chunk.frames, frame_size)
         if chunk.actions is not None:
             actions[lo - start : hi - start] = chunk.actions
-        if state_size:
-            states[lo - start : hi - start] = chunk.states
+        for key, values in optional.items():
+            values[lo - start : hi - start] = getattr(chunk, key)
     if ref.action_layout is not None and not np.all(np.isfinite(actions)):
         bad = np.flatnonzero(~np.isfinite(actions.reshape(len(actions), -1)).all(1)) + start
         raise DataError(
             f"{ref.source(int(bad[0]))}: non-finite actions at frames {bad[:5].tolist()} of "
             f"episode {ref.name}; fix or drop them"
         )
-    return frames, actions, states
+    return frames, actions, optional
 
 
 def write_shard(
     task: ShardTask, out_dir: str, settings: ClipSettings, frame_size, action_layout,
-    skip_bad: bool, state_size: int = 0,
+    skip_bad: bool, frame_arrays: Mapping[str, tuple[int, ...]] | None = None,
 ) -> tuple[int, list[str]]:
-    """Writes one shard atomically (with states.npy when `state_size` > 0); returns (clips
-    written, errors of skipped pieces)."""
-    length = settings.length
+    """Writes one shard atomically (with `<key>.npy` for each optional per-frame array of
+    `frame_arrays`, key -> shape per frame); returns (clips written, errors of skipped
+    pieces)."""
+    length, frame_arrays = settings.length, frame_arrays or {}
     frames = np.empty((task.clips, length, *frame_size, 3), np.uint8)
     actions = np.zeros((task.clips, length, *action_layout.shape), action_layout.dtype)
     has_action = np.zeros((task.clips, length), bool)
-    states = np.zeros((task.clips, length, state_size), np.float32)
+    optional = _empty_frame_arrays((task.clips, length), frame_arrays)
     episode_names, starts, skipped = [], [], []
     for ref, piece_starts in task.pieces:
         try:
-            window_frames, window_actions, window_states = _read_window(
+            window_frames, window_actions, window_optional = _read_window(
                 ref, piece_starts[0], piece_starts[-1] + length, frame_size, action_layout,
-                state_size,
+                frame_arrays,
             )
         except DataError as e:
             if not skip_bad:
@@ -207,14 +234,14 @@ def write_shard(
             row, offset = len(starts), start - piece_starts[0]
             frames[row] = window_frames[offset : offset + length]
             actions[row] = window_actions[offset : offset + length]
-            states[row] = window_states[offset : offset + length]
+            for key, values in optional.items():
+                values[row] = window_optional[key][offset : offset + length]
             has_action[row] = ref.action_layout is not None
             episode_names.append(ref.name)
             starts.append(start)
     kept = len(starts)
     arrays = {"frames": frames[:kept], "actions": actions[:kept], "has_action": has_action[:kept]}
-    if state_size:
-        arrays["states"] = states[:kept]
+    arrays |= {key: values[:kept] for key, values in optional.items()}
     save_shard(os.path.join(out_dir, task.split, task.name), arrays,
                {"episode": episode_names, "start": starts})
     return kept, skipped
@@ -232,12 +259,12 @@ def save_shard(final: str, arrays: dict[str, np.ndarray], clips: dict) -> None:
     os.rename(temp, final)
 
 
-def _plan_json(splits, tasks, settings, frame_size, action_layout, state_size) -> dict:
+def _plan_json(splits, tasks, settings, frame_size, action_layout, frame_arrays) -> dict:
     plan = {
         "settings": dataclasses.asdict(settings),
         "frame_size": list(frame_size),
         "action": action_layout.to_json(),
-        **({"state_size": state_size} if state_size else {}),
+        **_plan_entries(frame_arrays),
         "splits": {
             split: {
                 "episodes": [[e.name, e.length] for e in episodes],
@@ -290,7 +317,7 @@ def prepare_clips(
               f"({settings.length} frames) and give no clips (e.g. {short[0].name}: "
               f"{short[0].length} frames)", file=sys.stderr, flush=True)
     plan = _plan_json(splits, tasks, settings, frame_size, action_layout,
-                      dataset_state_size(episodes))
+                      dataset_frame_arrays(episodes))
     check_own_folder(out_dir, INDEX_FILE, "clip preparation",
                      "choose a new or empty output folder for the clips")
     with FolderLock(out_dir):
@@ -305,8 +332,10 @@ def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layo
     if os.path.exists(index_path):
         with open(index_path) as f:
             existing = json.load(f)["plan"]
-        if existing == {key: value for key, value in plan.items() if key != "state_size"}:
-            plan = existing  # prepared before clips stored states: resumed without them
+        # A folder prepared before clips stored states, rewards or task ids resumes without.
+        newer = set(_plan_entries(_frame_arrays_of(plan))) - set(existing)
+        if existing == {key: value for key, value in plan.items() if key not in newer}:
+            plan = existing
         if existing != plan:
             raise DataError(
                 f"{out_dir} holds clips prepared with other settings or episodes; use a new "
@@ -332,7 +361,7 @@ def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layo
         frame_size=frame_size,
         action_layout=action_layout,
         skip_bad=skip_bad,
-        state_size=plan.get("state_size", 0),
+        frame_arrays=_frame_arrays_of(plan),
     )
     skipped = []
     for task, (_, errors) in run_jobs(work, pending, num_workers):
@@ -384,14 +413,14 @@ def read_index(clips_dir: str) -> dict:
     return index
 
 
-SHARD_ARRAYS = ("frames", "latents", "actions", "has_action", "states")
+SHARD_ARRAYS = ("frames", "latents", "actions", "has_action", *FRAME_ARRAYS)
 
 
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
-    """A shard's arrays, memory-mapped read-only (no pickles allowed). Clip shards hold frames
-    (and states where the source has them); the latent shards that the launch's latents stage
-    writes in the same layout hold latents. DataError naming the file if one is truncated or
-    damaged."""
+    """A shard's arrays, memory-mapped read-only (no pickles allowed), by key (`SHARD_ARRAYS`;
+    those the shard holds). Clip shards hold frames (and states, rewards and task ids where
+    every episode has them); the latent shards that the launch's latents stage writes in the
+    same layout hold latents. DataError naming the file if one is truncated or damaged."""
     arrays = {}
     for key in SHARD_ARRAYS:
         path = os.path.join(shard_dir, f"{key}.npy")

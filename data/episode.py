@@ -12,6 +12,12 @@ P points, the controlled point first (a robot's end effector), then the objects 
 (CALVIN and the simulator: the tool centre point, then the red, blue and pink blocks; 2-D domains
 give (x, y) in the image plane and z = 0). A reader that has them sets `state_size` = 3 * P on
 its episodes; episodes without states have no such attribute or None.
+
+Rewards (optional): float32 [T], `rewards[t]` the reward earned by `actions[t]`. Task (optional):
+int32 [T], a task id >= 0 per frame (e.g. which task a demonstration was doing). A reader that
+has them sets `has_rewards` / `has_task` True on its episodes. States, rewards and task are the
+optional per-frame arrays (`FRAME_ARRAYS`): chunks carry them, and clips store each one that every
+episode of the dataset has.
 """
 
 import dataclasses
@@ -84,16 +90,24 @@ NO_ACTIONS = ActionLayout("continuous", (0,))
 
 
 POINT_DIMS = 3  # state values per point (xyz)
+# The optional per-frame arrays (see the module docstring) and the dtype chunks and clips hold
+# them in: states [n, state_size], and one value per frame [n] for SCALAR_FRAME_ARRAYS.
+FRAME_ARRAYS = {"states": np.dtype("float32"), "rewards": np.dtype("float32"),
+                "task": np.dtype("int32")}
+SCALAR_FRAME_ARRAYS = ("rewards", "task")  # an episode that has one sets `has_<key>` True
 
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeChunk:
-    """Frames uint8 [n, H, W, 3], their actions ([n, ...] in the spec's dtype, or None) and
-    states (float32 [n, state_size], or None). Unpacks as `frames, actions`."""
+    """Frames uint8 [n, H, W, 3], their actions ([n, ...] in the spec's dtype, or None) and the
+    optional per-frame arrays: states (float32 [n, state_size]), rewards (float32 [n]) and task
+    (int32 [n]), each None where the episode has none. Unpacks as `frames, actions`."""
 
     frames: np.ndarray
     actions: np.ndarray | None
     states: np.ndarray | None = None
+    rewards: np.ndarray | None = None
+    task: np.ndarray | None = None
 
     def __iter__(self):
         return iter((self.frames, self.actions))
@@ -104,7 +118,8 @@ class EpisodeRef(Protocol):
     the file that holds the action of frame t (for messages). Clip preparation reads long
     windows in chunks of `data.clips.READ_CHUNK` frames; a reader whose every read loads its
     whole file (an .npz) sets the class attribute `read_chunk = None` to read a window at once.
-    Those whose chunks carry states also have `state_size` (int, see the module docstring)."""
+    Those whose chunks carry states also have `state_size` (int), those whose chunks carry
+    rewards or task ids `has_rewards` / `has_task` = True (see the module docstring)."""
 
     name: str
     length: int
@@ -134,22 +149,35 @@ def dataset_action_layout(refs: Sequence[EpisodeRef]) -> ActionLayout:
     return specs.pop() if specs else NO_ACTIONS
 
 
-def dataset_state_size(refs: Sequence[EpisodeRef]) -> int | None:
-    """The one state size of a set of episodes, or None when some or all have no states (the
-    clips then store none; a warning says so when only some lack them)."""
-    sizes = {getattr(ref, "state_size", None) for ref in refs}
-    if None in sizes:
-        if len(sizes) > 1:
-            missing = next(r.name for r in refs if getattr(r, "state_size", None) is None)
-            warnings.warn(f"some episodes have states and some (e.g. {missing}) do not; the clips "
-                          "store no states", stacklevel=2)
-        return None
-    if len(sizes) > 1:
-        found = {size: next(r.name for r in refs if r.state_size == size) for size in sizes}
-        listing = "; ".join(f"{size} in {name}" for size, name in sorted(found.items()))
-        raise DataError(f"episodes have different state sizes ({listing}); every episode's "
-                        "`states` must have the same layout")
-    return sizes.pop()
+def frame_array_shapes(ref: EpisodeRef) -> dict[str, tuple[int, ...]]:
+    """The optional per-frame arrays (`FRAME_ARRAYS`) that `ref`'s chunks carry, each with its
+    shape per frame: states (state_size,), rewards () and task ()."""
+    shapes = {"states": (ref.state_size,)} if getattr(ref, "state_size", None) else {}
+    return shapes | {key: () for key in SCALAR_FRAME_ARRAYS if getattr(ref, f"has_{key}", False)}
+
+
+def dataset_frame_arrays(refs: Sequence[EpisodeRef]) -> dict[str, tuple[int, ...]]:
+    """The optional per-frame arrays that every one of a set of episodes carries, each with its
+    one shape per frame (what the clips store). An array that only some episodes carry is left
+    out with a warning; DataError if episodes give one array different shapes."""
+    per_ref = [frame_array_shapes(ref) for ref in refs]
+    common = {}
+    for key in FRAME_ARRAYS:
+        shapes = {one.get(key) for one in per_ref}
+        if None in shapes:
+            if len(shapes) > 1:
+                missing = next(r.name for r, s in zip(refs, per_ref, strict=True) if key not in s)
+                warnings.warn(f"some episodes have `{key}` and some (e.g. {missing}) do not; the "
+                              f"clips store no `{key}`", stacklevel=2)
+            continue
+        if len(shapes) > 1:
+            found = {shape: next(r.name for r, s in zip(refs, per_ref, strict=True)
+                                 if s[key] == shape) for shape in shapes}
+            listing = "; ".join(f"{list(shape)} in {name}" for shape, name in sorted(found.items()))
+            raise DataError(f"episodes have `{key}` of different shapes per frame ({listing}); "
+                            f"every episode's `{key}` must have the same layout")
+        common[key] = shapes.pop()
+    return common
 
 
 def npz_member_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

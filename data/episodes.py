@@ -1,11 +1,16 @@
 """Reader for "bring your own data": a folder of .npz episodes.
 
-Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally `actions` (float32 [T, A]
-continuous, int32 [T] discrete or int32 [T, P] multi-part), where `actions[t]` is the action taken
-after seeing `frames[t]`, and optionally `states` (float [T, 3 * P]: xyz in metres of P points,
-the controlled one first; `data.episode` describes the layout). Files are read with
-`allow_pickle=False`. All episodes must share one
-frame size and one action layout; episodes without actions are allowed (stored as unlabeled).
+Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally:
+- `actions` (float32 [T, A] continuous, int32 [T] discrete or int32 [T, P] multi-part), where
+  `actions[t]` is the action taken after seeing `frames[t]`;
+- `states` (float [T, 3 * P]: xyz in metres of P points, the controlled one first;
+  `data.episode` describes the layout);
+- `rewards` (float [T], finite): `rewards[t]` is the reward earned by `actions[t]`;
+- `task` (int [T], each >= 0): a task id per frame, e.g. which task a demonstration was doing.
+States and rewards are read as float32, task ids as int32. Files are read with
+`allow_pickle=False`. All episodes must share one frame size and one action layout; episodes
+without actions are allowed (stored as unlabeled). Clips store states, rewards and task ids only
+when every episode has them (`data.clips`).
 
 Generators (CoinRun, Craftax) write this format with `write_episode` as `episode_%06d.npz`,
 compressed, and resume with `pending_episodes`.
@@ -14,16 +19,19 @@ compressed, and resume with `pending_episodes`.
 import collections
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
 
 from data.episode import (
+    FRAME_ARRAYS,
     NPZ_READ_ERRORS,
     POINT_DIMS,
     ActionLayout,
     DataError,
     EpisodeChunk,
+    frame_array_shapes,
     keep_good,
     npz_member_shapes,
 )
@@ -40,6 +48,8 @@ class NpzEpisode:
     frame_size: tuple[int, int]
     action_layout: ActionLayout | None
     state_size: int | None = None
+    has_rewards: bool = False
+    has_task: bool = False
     read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
 
     def source(self, frame: int) -> str:
@@ -50,16 +60,71 @@ class NpzEpisode:
             with np.load(self.path, allow_pickle=False) as npz:
                 frames = npz["frames"][start:stop]
                 actions = npz["actions"][start:stop] if self.action_layout is not None else None
-                states = (npz["states"][start:stop].astype(np.float32) if self.state_size
-                          else None)
+                optional = {key: npz[key][start:stop].astype(FRAME_ARRAYS[key])
+                            for key in frame_array_shapes(self)}
         except NPZ_READ_ERRORS as e:
-            raise DataError(
-                f"{self.path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or "
-                "truncated: write it again, or pass skip_bad=True to leave it out"
-            ) from e
+            raise _unreadable(self.path, e) from e
         if actions is not None:
             actions = actions.astype(self.action_layout.dtype)
-        return EpisodeChunk(frames, actions, states)
+        return EpisodeChunk(frames, actions, **optional)
+
+
+def _unreadable(path: str, error: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot read ({type(error).__name__}: {error}); the file is corrupt or "
+        "truncated: write it again, or pass skip_bad=True to leave it out"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _FrameArrayRule:
+    """What an optional per-frame array of an episode file must be: `form` (for messages), a
+    dtype of `family`, a per-frame shape that `step_ok` accepts and, where values can be bad,
+    `bad(values)` -> a bool per frame, described by `bad_what`."""
+
+    form: str
+    family: type
+    step_ok: Callable[[tuple[int, ...]], bool]
+    bad: Callable[[np.ndarray], np.ndarray] | None = None
+    bad_what: str = ""
+
+
+_INT32_MAX, _FLOAT32_MAX = int(np.iinfo(np.int32).max), float(np.finfo(np.float32).max)
+FILE_FRAME_ARRAYS = {
+    "states": _FrameArrayRule(
+        "float [T, 3 * P] (xyz of P points per frame)", np.floating,
+        lambda step: len(step) == 1 and step[0] > 0 and step[0] % POINT_DIMS == 0),
+    "rewards": _FrameArrayRule(
+        "float [T] (rewards[t] earned by actions[t])", np.floating, lambda step: step == (),
+        lambda values: ~(np.abs(values) <= _FLOAT32_MAX), "non-finite rewards (in float32)"),
+    "task": _FrameArrayRule(
+        "int [T] (a task id per frame)", np.integer, lambda step: step == (),
+        lambda values: (values < 0) | (values > _INT32_MAX), f"task ids outside 0 .. {_INT32_MAX}"),
+}
+
+
+def _check_frame_array(path: str, shapes: dict, key: str, length: int) -> tuple[int, ...]:
+    """The per-frame shape of the file's optional array `key` (see `FILE_FRAME_ARRAYS`);
+    DataError naming the file if its dtype, shape or values are wrong."""
+    rule, (shape, dtype) = FILE_FRAME_ARRAYS[key], shapes[key]
+    if (shape[:1] != (length,) or not rule.step_ok(shape[1:])
+            or not np.issubdtype(dtype, rule.family)):
+        raise DataError(
+            f"{path}: `{key}` is {dtype} {shape}; it must be {rule.form} with T = {length}, or "
+            "be left out"
+        )
+    if rule.bad is not None:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                bad = np.flatnonzero(rule.bad(npz[key]))
+        except NPZ_READ_ERRORS as e:
+            raise _unreadable(path, e) from e
+        if bad.size:
+            raise DataError(
+                f"{path}: {rule.bad_what} at frames {bad[:5].tolist()} ({bad.size} of {length}); "
+                f"fix them, or leave `{key}` out"
+            )
+    return shape[1:]
 
 
 def _describe(path: str, name: str) -> NpzEpisode:
@@ -100,30 +165,23 @@ def _describe(path: str, name: str) -> NpzEpisode:
             spec = ActionLayout.infer(action_dtype, action_shape[1:])
         except ValueError as e:
             raise DataError(f"{path}: {e}") from e
+    found = {key: _check_frame_array(path, shapes, key, frame_shape[0])
+             for key in FILE_FRAME_ARRAYS if key in shapes}
     return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec,
-                      _state_size(path, shapes, frame_shape[0]))
-
-
-def _state_size(path: str, shapes: dict, length: int) -> int | None:
-    if "states" not in shapes:
-        return None
-    shape, dtype = shapes["states"]
-    if (len(shape) != 2 or shape[0] != length or shape[1] % POINT_DIMS or not shape[1]
-            or not np.issubdtype(dtype, np.floating)):
-        raise DataError(
-            f"{path}: `states` is {dtype} {shape}; it must be float [T, 3 * P] with T = {length} "
-            "(xyz of P points per frame), or be left out"
-        )
-    return shape[1]
+                      state_size=found["states"][0] if "states" in found else None,
+                      has_rewards="rewards" in found, has_task="task" in found)
 
 
 def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
-    """The episodes of a folder of .npz files, sorted by file name, checked from headers only.
+    """The episodes of a folder of .npz files, sorted by file name, checked without reading
+    frames.
 
     Raises DataError for a missing or empty folder and for any bad file (unreadable, no uint8
-    `frames`, no frames, action count != frame count, a frame size other than the one most files
-    have; on a tie, the first file's), unless `skip_bad`, which leaves bad files out and warns
-    once with their count.
+    `frames`, no frames, action count != frame count, optional arrays of the wrong dtype, shape
+    or length, non-finite rewards, task ids outside 0 .. 2**31 - 1, a frame size other than the
+    one most files have; on a tie, the first file's), unless `skip_bad`, which leaves bad files
+    out and warns once with their count. Reads the headers, plus the values of `rewards` and
+    `task`.
     """
     if not os.path.isdir(folder):
         raise DataError(
@@ -176,10 +234,12 @@ def episode_file(folder: str, index: int) -> str:
 
 
 def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None,
-                  states: np.ndarray | None = None) -> None:
+                  states: np.ndarray | None = None, *, rewards: np.ndarray | None = None,
+                  task: np.ndarray | None = None) -> None:
     """Writes one compressed episode file atomically: to a temporary name that does not end in
-    .npz (so no reader lists it), then renamed into place."""
-    arrays = {"frames": frames, "actions": actions, "states": states}
+    .npz (so no reader lists it), then renamed into place. Arrays given as None are left out."""
+    arrays = {"frames": frames, "actions": actions, "states": states, "rewards": rewards,
+              "task": task}
     arrays = {key: value for key, value in arrays.items() if value is not None}
     temp = path + ".tmp"
     with open(temp, "wb") as f:

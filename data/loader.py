@@ -11,8 +11,11 @@ sequences. Every random choice is a pure function of (seed, position in the stre
 iterator's state (`it.get_state()`, a JSON-able dict) restored into a loader made with the same
 arguments (`it.set_state(state)`) continues with exactly the batch that would have come next.
 
-A batch is a dict: frames uint8 [B, T, H, W, 3], actions [B, T, ...] (float32 or int32, see the
-index's action layout), has_action bool [B, T].
+A batch is a dict of every array the clips hold, cut to the window: from clip folders frames
+uint8 [B, T, H, W, 3], from latent folders latents float32 [B, T, ...], and actions [B, T, ...]
+(float32 or int32, see the index's action layout) and has_action bool [B, T]; where the data has
+them also rewards float32 [B, T] (`rewards[t]` earned by `actions[t]`) and task int32 [B, T]
+(and, from clip folders, states float32 [B, T, S]; `data.clips` describes the shards).
 """
 
 import dataclasses

@@ -138,11 +138,15 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
     encode_clips(work.clips, work.latents, lambda frames: encode(encoder, frames), batch=batch)
 
 
+# What the latent shards copy from the clip shards, where these hold it.
+LATENT_SHARD_COPIES = ("actions", "has_action", "rewards", "task")
+
+
 def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
                  progress: bool = True) -> None:
     """Writes `encode(frames)` of every clip shard as a latent shard with the same layout
-    (actions, has_action and clip ids copied; shards already written are skipped), then the
-    index with the training latents' `latent_stats`."""
+    (`LATENT_SHARD_COPIES` that the clip shard holds and the clip ids copied; shards already
+    written are skipped), then the index with the training latents' `latent_stats`."""
     clips = ClipStore(clips_dir)
     latents_store = ClipStore(latents_dir, index=clips.index)
     shards = [(split, name) for split in clips.splits for name, _ in clips.shards(split)]
@@ -155,9 +159,9 @@ def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,
             latents = np.concatenate([np.asarray(encode(jnp.asarray(frames[i:i + batch])))
                                       for i in range(0, len(frames), batch)])
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            save_shard(final, {"latents": latents.astype(np.float32),
-                               "actions": np.asarray(arrays["actions"]),
-                               "has_action": np.asarray(arrays["has_action"])},
+            copies = {key: np.asarray(arrays[key]) for key in LATENT_SHARD_COPIES
+                      if key in arrays}
+            save_shard(final, {"latents": latents.astype(np.float32), **copies},
                        clips.shard_clips(split, name))
         if progress:
             bar.update()
