@@ -12,7 +12,8 @@ start three orders of magnitude above the video loss and would otherwise swamp t
 
 Batch (dataset convention, as the dynamics loader reads it): `latents` [b, t, latents, dim],
 `actions` [b, t, ...] (`actions[t]` taken after frame t), `has_action` [b, t], and optionally
-`rewards` [b, t] (`rewards[t]` earned by `actions[t]`) with `has_reward` [b, t].
+`rewards` [b, t] (`rewards[t]` earned by `actions[t]`; the loader gives them when the data has
+them) with `has_reward` [b, t] (default: every reward known).
 """
 
 import equinox as eqx
@@ -61,7 +62,8 @@ def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyAr
                      for n in range(config.mtp)], axis=2)
     terms = {"dynamics": video, "bc": _mean(nll, valid)}
     if "rewards" in batch:
-        rewards, has_reward = ahead(batch["rewards"], batch["has_reward"], config.mtp)
+        known_reward = batch.get("has_reward", jnp.ones(batch["rewards"].shape, bool))
+        rewards, has_reward = ahead(batch["rewards"], known_reward, config.mtp)
         reward_logits = heads.reward_logits(h, batch["actions"])
         ce = config.bins.cross_entropy(reward_logits, config.bins.two_hot(rewards))
         terms["reward"] = _mean(ce, has_reward & batch["has_action"][:, :, None])

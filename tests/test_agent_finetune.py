@@ -65,6 +65,10 @@ def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_on
     # Step 0: each EMA holds its own term, so every term divides to 1.
     np.testing.assert_allclose(total, 3.0, rtol=1e-5)
     np.testing.assert_allclose(rms_sq["bc"], 0.01 * math.log(5) ** 2, rtol=1e-5)
+    # As the loader gives them (rewards without has_reward): every reward counts.
+    loader_batch = {k: v for k, v in batch.items() if k != "has_reward"}
+    _, (same, _) = finetune_loss(agent, zeros(), jnp.asarray(0), loader_batch, key=key)
+    np.testing.assert_allclose(same["reward_loss"], metrics["reward_loss"], rtol=1e-6)
 
 
 def test_finetuning_clones_the_behaviour_and_keeps_the_video_loss_running():
