@@ -21,6 +21,10 @@ from agent.distributions import Binned, Bins, Categorical, Multipart
 from core import Linear, RMSNorm
 from core.layers import expand_to
 from dynamics.actions import ActionSpec
+from world.model import config_to_json
+from world.serialise import load_module, read_header, save_module
+
+KIND = "agent_heads"  # the kind of model folder the heads are saved as (world/serialise.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,3 +145,17 @@ class AgentHeads(eqx.Module):
     def value_logits(self, features: Float[Array, "*batch tokens width"]
                      ) -> Float[Array, "*batch bins"]:
         return self.value(self._flat(features))
+
+
+def save_heads(folder: str, heads: AgentHeads, *, step: int) -> None:
+    """A self-describing model folder (header with the `HeadsConfig`, named weights)."""
+    save_module(folder, heads, kind=KIND, config=config_to_json(heads.config), step=step)
+
+
+def load_heads(folder: str) -> AgentHeads:
+    fields = dict(read_header(folder, kind=KIND)["config"])
+    action = dict(fields.pop("action"))
+    action["classes"] = tuple(action.get("classes", ()))
+    config = HeadsConfig(ActionSpec(**action), bins=Bins(**fields.pop("bins")),
+                         **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    return load_module(folder, AgentHeads(config, key=jax.random.key(0)), kind=KIND)

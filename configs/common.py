@@ -21,6 +21,13 @@ Fields (every size lives here, none in code):
 - eval: rollout context, horizon, sampling steps, number of rollouts, videos, `evaluators` (a
   comma list of names in launch/evaluators.py; `probe` gives no keys for sources without
   states), and the state probe's palette size `probe_colours` and `probe_fit_frames`;
+- agent (the stages agent_finetune, agent_rl, agent_eval; not in the default `stages`): the
+  `task` whose success detector gives the rewards (data/sim_tasks.py; sources with states), the
+  agent tokens and heads (`agent_tokens`, `hidden`, `mtp`, `action_bins`), finetuning
+  (`finetune_steps`, `finetune_lr`), imagination RL (`rl_iterations`, `rl_batch`, `rl_context`,
+  `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`, `beta`) and the
+  closed-loop evaluation in the real simulator (`eval_episodes`, `eval_frames` per episode,
+  `eval_batch` simulators stepped together, `eval_videos`);
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.
 """
 
@@ -106,6 +113,13 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         batch=8, videos=4, speed_frames=16, evaluators="tokenizer,rollout,probe,speed",
         probe_colours=16, probe_fit_frames=4096,
     ))
+    config.agent = ml_collections.ConfigDict(dict(
+        task="lift", agent_tokens=4, hidden=256, mtp=8, action_bins=21,
+        finetune_steps=2000, finetune_lr=3e-4,
+        rl_iterations=1000, rl_batch=32, rl_context=8, rl_horizon=16, rl_steps=4, rl_lr=3e-4,
+        gamma=0.997, lam=0.95, alpha=0.5, beta=0.3,
+        eval_episodes=200, eval_frames=48, eval_batch=8, eval_videos=4,
+    ))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
     return config
 
@@ -127,6 +141,8 @@ def small_cpu_sizes(config, *, image_size, patch: int) -> None:
                                       decay_steps=200, bootstrap_start=500,
                                       checkpoint_every=250, log_every=100))
     config.eval.update(dict(context_frames=8, horizon=16, rollouts=24, batch=12))
+    config.agent.update(dict(hidden=128, finetune_steps=300, finetune_lr=1e-3, rl_iterations=100,
+                             rl_batch=16, rl_horizon=12, rl_steps=2, rl_lr=1e-3, eval_frames=32))
 
 
 def tiny_test_sizes(config) -> None:
@@ -146,3 +162,6 @@ def tiny_test_sizes(config) -> None:
                                       warmup_steps=2, decay_steps=2, bootstrap_start=3))
     config.eval.update(dict(context_frames=4, horizon=4, rollouts=2, batch=2, videos=1,
                             speed_frames=2))
+    config.agent.update(dict(agent_tokens=2, hidden=16, mtp=2, action_bins=5, finetune_steps=3,
+                             rl_iterations=2, rl_batch=2, rl_context=2, rl_horizon=3, rl_steps=1,
+                             eval_episodes=2, eval_frames=3, eval_batch=2, eval_videos=1))

@@ -79,6 +79,20 @@ STAGES: tuple[Stage, ...] = (
           "(`rollout_*.mp4`, `.gif`), `psnr_over_horizon.png`, TensorBoard",
           "launch.evaluate:eval_stage", "launch.settings:eval_problems",
           inputs="launch.provenance:check_eval_inputs", record="launch.provenance:record_eval"),
+    Stage("agent_finetune", ("latents/", "models/dynamics/"),
+          ("models/agent/", "agent_finetune/", "logs/agent_finetune/",
+           "eval/agent_world_model.json"),
+          "adds agent tokens and heads to the dynamics model and finetunes behaviour cloning and "
+          "rewards beside the video loss; the world model's rollout metrics before and after",
+          "launch.agent_stages:agent_finetune_stage", "launch.agent_stages:agent_problems"),
+    Stage("agent_rl", ("latents/", "models/agent/"), ("models/agent_rl/", "logs/agent_rl/"),
+          "imagination RL (PMPO) of the policy and value heads, the transformer frozen",
+          "launch.agent_stages:agent_rl_stage"),
+    Stage("agent_eval", ("models/tokenizer/", "models/agent/", "models/agent_rl/"),
+          ("eval/agent_summary.json",),
+          "both policies closed-loop in the real simulator: `eval/agent_summary.json`, videos "
+          "`eval/agent_*.mp4`",
+          "launch.agent_eval:agent_eval_stage"),
 )
 NAMES = tuple(stage.name for stage in STAGES)
 # The workdir's top-level folders that stages read or write.

@@ -72,6 +72,9 @@ INVALIDATES = (
     ("dynamics.backend", None), ("dynamics.remat", None), ("dynamics.compute_dtype", None),
     ("dynamics.", "dynamics"), ("train.dynamics.optimizer", "dynamics"),
     ("train.dynamics.objective", "dynamics"),
+    ("agent.eval_", "agent_eval"), ("agent.rl_", "agent_rl"), ("agent.gamma", "agent_rl"),
+    ("agent.lam", "agent_rl"), ("agent.alpha", "agent_rl"), ("agent.beta", "agent_rl"),
+    ("agent.", "agent_finetune"),
 )
 # What each stage writes into the workdir (the first entry tells whether it has run): the
 # stage registry's `writes`.
@@ -183,4 +186,7 @@ def _delete_outputs(root: str, stages: Sequence[str]) -> None:
                 continue  # only generated data is the data stage's own
             if os.path.exists(folder):
                 print(f"[run] --restart: deleting {folder}", flush=True)
-                shutil.rmtree(folder)
+                if os.path.isdir(folder):
+                    shutil.rmtree(folder)
+                else:
+                    os.remove(folder)

@@ -3,6 +3,7 @@ checks, and that the policy head learns a mapping from features to actions by cl
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,14 @@ import optax
 import pytest
 
 from agent.distributions import Bins
-from agent.heads import AgentHeads, HeadsConfig, encode_action, policy_distribution
+from agent.heads import (
+    AgentHeads,
+    HeadsConfig,
+    encode_action,
+    load_heads,
+    policy_distribution,
+    save_heads,
+)
 from dynamics.actions import ActionSpec
 
 CONTINUOUS = ActionSpec("continuous", dim=3)
@@ -98,3 +106,14 @@ def test_policy_head_clones_a_feature_to_action_mapping():
         heads, state = step(heads, state)
     accuracy = float(jnp.mean(heads.act(features).mode() == target))
     assert accuracy > 0.95, accuracy
+
+
+@pytest.mark.parametrize("spec", [CONTINUOUS, MULTIPART], ids=lambda s: s.kind)
+def test_heads_save_and_load_by_name(tmp_path, spec):
+    heads = AgentHeads(config(spec), key=jax.random.key(3))
+    heads = eqx.tree_at(lambda h: h.value.out.bias, heads, jnp.arange(31.0))
+    save_heads(str(tmp_path), heads, step=7)
+    loaded = load_heads(str(tmp_path))
+    assert loaded.config == heads.config
+    for a, b in zip(jax.tree.leaves(heads), jax.tree.leaves(loaded), strict=True):
+        np.testing.assert_array_equal(a, b)

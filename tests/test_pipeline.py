@@ -17,7 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_order_reads_and_writes():
-    assert pipeline.NAMES == ("data", "tokenizer", "latents", "dynamics", "eval")
+    assert pipeline.NAMES == ("data", "tokenizer", "latents", "dynamics", "eval",
+                              "agent_finetune", "agent_rl", "agent_eval")
     assert {s.name: (s.reads, s.writes) for s in pipeline.STAGES} == {
         "data": (("config.data.path",), ("clips/", "source/")),
         "tokenizer": (("clips/",), ("tokenizer/", "logs/tokenizer/", "models/tokenizer/")),
@@ -25,10 +26,16 @@ def test_order_reads_and_writes():
         "dynamics": (("latents/",), ("dynamics/", "logs/dynamics/", "models/dynamics/")),
         "eval": (("clips/", "latents/", "models/tokenizer/", "models/dynamics/"),
                  ("eval/", "logs/eval/")),
+        "agent_finetune": (("latents/", "models/dynamics/"),
+                           ("models/agent/", "agent_finetune/", "logs/agent_finetune/",
+                            "eval/agent_world_model.json")),
+        "agent_rl": (("latents/", "models/agent/"), ("models/agent_rl/", "logs/agent_rl/")),
+        "agent_eval": (("models/tokenizer/", "models/agent/", "models/agent_rl/"),
+                       ("eval/agent_summary.json",)),
     }
     assert settings.STAGES == pipeline.NAMES
-    assert pipeline.FOLDERS == ("clips", "dynamics", "eval", "latents", "logs", "models",
-                                "source", "tokenizer")
+    assert pipeline.FOLDERS == ("agent_finetune", "clips", "dynamics", "eval", "latents", "logs",
+                                "models", "source", "tokenizer")
     assert workdir.OUTPUTS["data"] == ("clips", "source")  # the first says the stage has run
     assert Workdir("/w").models == "/w/models"
     with pytest.raises(KeyError, match=r"no stage 'agent'; the stages are \('data', "):
@@ -63,7 +70,8 @@ def test_selection_keeps_registry_order_and_names_the_known_stages():
     config.stages = "data,train"
     with pytest.raises(settings.ConfigError, match=r"config\.stages: unknown or no stages "
                                                    r"\['train'\]; .*\('data', 'tokenizer', "
-                                                   r"'latents', 'dynamics', 'eval'\)"):
+                                                   r"'latents', 'dynamics', 'eval', "
+                                                   r"'agent_finetune', 'agent_rl', 'agent_eval'\)"):
         settings.stages(config)
     config.stages = ","
     with pytest.raises(settings.ConfigError, match="no stages"):

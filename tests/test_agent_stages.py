@@ -1,0 +1,89 @@
+"""The agent stages on the session's tiny trained run: finetune, imagination RL and the
+closed-loop evaluation in the simulator write what they promise; rewards come from the task's
+detector on the clips' states; the config checks name the fields."""
+
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import calvin
+from data.sim import BLOCK_HALF, TABLE_TOP
+from launch.agent_stages import action_box, agent_problems, with_task_rewards
+from launch.run import run
+from launch.settings import ConfigError
+
+
+@pytest.fixture(scope="module")
+def agent_run(tiny_run, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("agent_run"))
+    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
+    config = calvin.get_config("tiny")
+    config.stages = "agent_finetune,agent_rl,agent_eval"
+    run(config, workdir)
+    return workdir
+
+
+def test_the_agent_stages_write_models_and_the_summary(agent_run):
+    for part in ("agent/dynamics", "agent/heads", "agent_rl/heads"):
+        assert os.path.isfile(os.path.join(agent_run, "models", part, "header.json")), part
+    with open(os.path.join(agent_run, "eval", "agent_summary.json")) as f:
+        summary = json.load(f)
+    (entry,) = summary["results"]
+    assert (entry["env"], entry["task"], entry["metric"]) == ("sim", "lift", "success")
+    for policy in ("bc", "rl"):
+        result = entry[policy]
+        assert result["episodes"] == 2 and 0.0 <= result["mean"] <= 1.0
+        p = result["mean"]
+        assert result["stderr"] == pytest.approx(np.sqrt(p * (1 - p) / 2))
+        assert os.path.isfile(os.path.join(agent_run, "eval", f"agent_{policy}_0.gif"))
+    assert np.isfinite(entry["imagined_rl_return"])
+    with open(os.path.join(agent_run, "eval", "agent_world_model.json")) as f:
+        compared = json.load(f)
+    for key in ("psnr", "gap", "ssim"):
+        assert compared["change"][key] == pytest.approx(
+            compared["after"][key] - compared["before"][key])
+    with open(os.path.join(agent_run, "models", "agent_rl", "rl_metrics.json")) as f:
+        assert len(json.load(f)["history"]) == 2
+
+
+def test_rewards_come_from_the_task_detector_on_the_states():
+    rest = TABLE_TOP + BLOCK_HALF
+    calm = [0.5, 0.0, 0.8, 0.5, -0.1, rest, 0.6, 0.0, rest, 0.4, -0.2, rest]
+    lifted = list(calm)
+    lifted[8] = rest + 0.1  # the blue block, 10 cm up
+    states = jnp.asarray([[calm, calm, lifted, lifted]], jnp.float32)
+    batch = with_task_rewards({"states": states}, "lift")
+    np.testing.assert_array_equal(batch["rewards"], [[0, 1, 0, 0]])
+    given = {"states": states, "rewards": jnp.ones((1, 4))}
+    assert with_task_rewards(given, "lift") is given  # the data's own rewards win
+    with pytest.raises(ConfigError, match="hold none"):
+        with_task_rewards({"latents": states}, "lift")
+
+
+def test_the_action_box_is_the_training_actions_range(tiny_run):
+    from data.clips import ClipStore
+
+    store = ClipStore(os.path.join(tiny_run, "latents"))
+    low, high = action_box(store)
+    actions = np.concatenate([np.asarray(store.read_shard("train", name)["actions"])[
+        np.asarray(store.read_shard("train", name)["has_action"])]
+        for name, _ in store.shards("train")])
+    np.testing.assert_allclose(low, actions.min(0), rtol=1e-6)
+    assert np.all(np.asarray(high) >= actions.max(0) - 1e-6)
+
+
+def test_agent_config_problems_name_the_fields():
+    config = calvin.get_config("tiny")
+    assert agent_problems(config, 1) == []
+    config.agent.task = "stack"
+    config.agent.rl_batch = 0
+    config.stages = "agent_eval"
+    config.data.format = "episodes"
+    problems = " | ".join(agent_problems(config, 1))
+    assert "config.agent.task: unknown task 'stack'" in problems
+    assert "rl_batch must be >= 1" in problems
+    assert "needs config.data.format='sim'" in problems
