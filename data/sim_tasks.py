@@ -14,8 +14,10 @@ Tasks:
 `success(task, states)` is the condition per state [...]; `rewards(task, states)` [T] gives
 reward 1 for the step that makes the condition true (`rewards[t]` = 1 when it is false at frame t
 and true at frame t + 1, the reward earned by `actions[t]`), 0 otherwise (and 0 for the last
-frame, whose action leads nowhere recorded); `episode_success` says whether an episode ever
-achieved the task after its first frame.
+frame, whose action leads nowhere recorded); with `dense=True`, 1 for every step that leads to a
+state where the condition holds (a block held up earns every step: a signal a reward head can
+read off single frames, where the event reward hangs on one frame in many); `episode_success`
+says whether an episode ever achieved the task after its first frame.
 """
 
 import numpy as np
@@ -52,11 +54,13 @@ def success(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP) -> n
     raise ValueError(f"unknown task {task!r}; tasks are {TASKS}.")
 
 
-def rewards(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP) -> np.ndarray:
-    """float32 [T]: 1 where `actions[t]` makes the condition true, else 0."""
+def rewards(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP,
+            dense: bool = False) -> np.ndarray:
+    """float32 [T]: 1 where `actions[t]` makes the condition true (dense: where it leads to a
+    state in which it holds), else 0."""
     done = success(task, states, table_top=table_top)
     out = np.zeros(done.shape, np.float32)
-    out[:-1] = done[1:] & ~done[:-1]
+    out[:-1] = done[1:] if dense else done[1:] & ~done[:-1]
     return out
 
 

@@ -12,10 +12,11 @@ agent_rl        models/agent + latents -> models/agent_rl/heads: the transformer
                 (`agent.imagination`), `rl_iterations` updates of the policy and value heads
 agent_eval      see launch/agent_eval.py: both policies closed-loop in the real simulator
 
-Rewards: the batches' own `rewards` where the data has them (`.npz` episodes), else the success
-detector of `config.agent.task` on the clips' states (data/sim_tasks.py: the embedded simulator
-and CALVIN); continuous policies live in the box of the training actions (per dimension, min and
-max of the training data).
+Rewards: the batches' own `rewards` where the data has them (`.npz` episodes), else the dense
+reward of `config.agent.task`'s success detector on the clips' states (data/sim_tasks.py: 1 for
+every step into a state where the task's condition holds; the embedded simulator and CALVIN);
+continuous policies live in the box of the training actions (per dimension, min and max of the
+training data).
 """
 
 import dataclasses
@@ -114,7 +115,7 @@ def finetune_train_config(config) -> ml_collections.ConfigDict:
 
 
 def with_task_rewards(batch: dict, task: str) -> dict:
-    """The batch with `rewards` [B, T] from the task's detector on its states (unless the data
+    """The batch with `rewards` [B, T], the task's dense reward on its states (unless the data
     already gave rewards)."""
     if "rewards" in batch:
         return batch
@@ -124,7 +125,7 @@ def with_task_rewards(batch: dict, task: str) -> dict:
             "shards hold none: the source has no states (give `.npz` episodes `rewards`), or the "
             "latents were encoded before they carried states (--restart=latents).")
     states = np.asarray(batch["states"])
-    rewards = np.stack([sim_tasks.rewards(task, row) for row in states])
+    rewards = np.stack([sim_tasks.rewards(task, row, dense=True) for row in states])
     return dict(batch, rewards=jnp.asarray(rewards))
 
 

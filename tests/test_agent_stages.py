@@ -57,7 +57,7 @@ def test_rewards_come_from_the_task_detector_on_the_states():
     lifted[8] = rest + 0.1  # the blue block, 10 cm up
     states = jnp.asarray([[calm, calm, lifted, lifted]], jnp.float32)
     batch = with_task_rewards({"states": states}, "lift")
-    np.testing.assert_array_equal(batch["rewards"], [[0, 1, 0, 0]])
+    np.testing.assert_array_equal(batch["rewards"], [[0, 1, 1, 0]])  # dense: every step up
     given = {"states": states, "rewards": jnp.ones((1, 4))}
     assert with_task_rewards(given, "lift") is given  # the data's own rewards win
     with pytest.raises(ConfigError, match="hold none"):

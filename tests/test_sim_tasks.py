@@ -32,6 +32,7 @@ def test_rewards_mark_the_step_that_achieves_the_task():
     lifted = state(red=(0.5, -0.1, REST + 0.1))
     states = np.stack([state(), state(), lifted, lifted, state(), lifted])
     np.testing.assert_array_equal(rewards("lift", states), [0, 1, 0, 0, 1, 0])
+    np.testing.assert_array_equal(rewards("lift", states, dense=True), [0, 1, 1, 0, 1, 0])
     assert episode_success("lift", states)
     assert not episode_success("lift", np.stack([lifted, lifted]))  # done before it started
     with pytest.raises(ValueError, match="unknown task"):
