@@ -53,7 +53,7 @@ def observe(model: Dynamics, caches, latents, action, has_action, key, frame, *,
                    has_action[:, None], key, frame, context_signal=context_signal)
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def act(heads: AgentHeads, features, key):
     return heads.act(features).sample(key)
 
@@ -67,7 +67,7 @@ def run_episodes(config, tokenizer, dynamics: Dynamics, heads: AgentHeads, sims,
     """(success per episode, bool [episodes]; frames of the first `eval_videos` episodes)."""
     a, data = config.agent, config.data
     size = settings.image_size(config)
-    window = max(int(max(config.train.dynamics.seq_lengths)), 2)
+    window = settings.attention_window(config)
     episodes = a.eval_episodes
     spec = dynamics.config.action
     action_shape = (spec.dim,) if spec.kind == "continuous" else (

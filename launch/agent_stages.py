@@ -206,7 +206,7 @@ def agent_rl_stage(config, work: Workdir, mesh) -> None:
     dynamics = load_dynamics(agent_folder(work, AGENT, "dynamics"))
     prior = load_heads(agent_folder(work, AGENT, "heads"))
     contexts = training_contexts(work, 4096, a.rl_context)
-    window = max(int(max(config.train.dynamics.seq_lengths)), 2)
+    window = settings.attention_window(config)
     rl = rl_settings(config)
     optimizer_config = ml_collections.ConfigDict(dict(
         optimizer="adamw", lr=a.rl_lr, b1=0.9, b2=0.999, weight_decay=0.0, grad_clip=1.0,

@@ -103,7 +103,7 @@ class EvalContext:
         self.config, self.work, self.mesh = config, work, mesh
         self.context = config.eval.context_frames
         self.length = self.context + config.eval.horizon
-        self.window = max(int(max(config.train.dynamics.seq_lengths)), 2)  # KV cache frames
+        self.window = settings.attention_window(config)  # KV cache frames
 
     def computed(self, name: str) -> bool:
         """Whether attribute `name` has been loaded or computed."""

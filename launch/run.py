@@ -31,6 +31,7 @@ from launch.checkpoints import CheckpointMismatchError
 from launch.distributed import make_mesh
 from launch.stages import Workdir, check_data_actions
 from launch.workdir import WorkdirError, apply_config, locked, same_data_settings
+from world.serialise import ModelFileError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<dataset>.py[:variant]",
                                           lock_config=True)
@@ -145,6 +146,9 @@ def main(argv):
         raise SystemExit(f"workdir error: {error}") from None
     except DataError as error:
         raise SystemExit(data_error_line(error)) from None
+    except ModelFileError as error:  # a saved model (models/<part>) that does not load
+        raise SystemExit(f"model error: {error} (or make it again with --restart=<its stage>)"
+                         ) from None
 
 
 if __name__ == "__main__":

@@ -69,6 +69,12 @@ def evaluators(config) -> list[str]:
     return names
 
 
+def attention_window(config) -> int:
+    """Frames the dynamics model attends over when generating: its longest training sequence
+    (the KV cache's sliding window in the eval and the agent stages)."""
+    return max(int(max(config.train.dynamics.seq_lengths)), 2)
+
+
 def image_size(config) -> tuple[int, int]:
     """config.data.image_size: one number (square) or (height, width)."""
     size = config.data.image_size

@@ -23,3 +23,23 @@ def tiny_run(tmp_path_factory):
     config.stages = "data,tokenizer,latents,dynamics"
     run(config, workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_run_with(tiny_run, tmp_path_factory):
+    """run_with(stages) -> (workdir, config): a copy of `tiny_run` on which the tiny CALVIN
+    config has run `stages` (e.g. "eval"), leaving the shared run untouched."""
+    import shutil
+
+    from configs import calvin
+    from launch.run import run
+
+    def run_with(stages: str):
+        workdir = str(tmp_path_factory.mktemp(stages.replace(",", "_")))
+        shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
+        config = calvin.get_config("tiny")
+        config.stages = stages
+        run(config, workdir)
+        return workdir, config
+
+    return run_with

@@ -117,3 +117,12 @@ def test_heads_save_and_load_by_name(tmp_path, spec):
     assert loaded.config == heads.config
     for a, b in zip(jax.tree.leaves(heads), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_broken_heads_file_is_named(tmp_path):
+    from world.serialise import ModelFileError
+
+    save_heads(str(tmp_path), AgentHeads(config(DISCRETE), key=jax.random.key(0)), step=1)
+    (tmp_path / "header.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match=r"header\.json: not valid JSON"):
+        load_heads(str(tmp_path))

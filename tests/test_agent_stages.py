@@ -4,7 +4,6 @@ detector on the clips' states; the config checks name the fields."""
 
 import json
 import os
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,18 +12,12 @@ import pytest
 from configs import calvin
 from data.sim import BLOCK_HALF, TABLE_TOP
 from launch.agent_stages import action_box, agent_problems, with_task_rewards
-from launch.run import run
 from launch.settings import ConfigError
 
 
 @pytest.fixture(scope="module")
-def agent_run(tiny_run, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("agent_run"))
-    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
-    config = calvin.get_config("tiny")
-    config.stages = "agent_finetune,agent_rl,agent_eval"
-    run(config, workdir)
-    return workdir
+def agent_run(tiny_run_with):
+    return tiny_run_with("agent_finetune,agent_rl,agent_eval")[0]
 
 
 def test_the_agent_stages_write_models_and_the_summary(agent_run):
@@ -69,9 +62,9 @@ def test_the_action_box_is_the_training_actions_range(tiny_run):
 
     store = ClipStore(os.path.join(tiny_run, "latents"))
     low, high = action_box(store)
-    actions = np.concatenate([np.asarray(store.read_shard("train", name)["actions"])[
-        np.asarray(store.read_shard("train", name)["has_action"])]
-        for name, _ in store.shards("train")])
+    shards = [store.read_shard("train", name) for name, _ in store.shards("train")]
+    actions = np.concatenate([np.asarray(shard["actions"])[np.asarray(shard["has_action"])]
+                              for shard in shards])
     np.testing.assert_allclose(low, actions.min(0), rtol=1e-6)
     assert np.all(np.asarray(high) >= actions.max(0) - 1e-6)
 

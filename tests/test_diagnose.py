@@ -4,25 +4,18 @@ equals the rollout's first step)."""
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 from absl import app
 
-from configs import calvin
 from launch.diagnose import _numbers, diagnose, load_context, settings_grid, table
-from launch.run import run
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tiny_run, tmp_path_factory):
+def evaluated_run(tiny_run_with):
     """The session's tiny trained run (conftest), copied and evaluated."""
-    workdir = str(tmp_path_factory.mktemp("evaluated"))
-    shutil.copytree(tiny_run, workdir, dirs_exist_ok=True)
-    config = calvin.get_config("tiny")
-    config.stages = "eval"
-    run(config, workdir)
+    workdir, config = tiny_run_with("eval")
     with open(os.path.join(workdir, "eval", "summary.json")) as f:
         return workdir, config, json.load(f)
 

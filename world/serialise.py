@@ -23,6 +23,10 @@ VERSION = 1
 HEADER, WEIGHTS = "header.json", "weights.npz"
 
 
+class ModelFileError(ValueError):
+    """A model folder that cannot be loaded: the message names the file and the fix."""
+
+
 def named_leaves(module: eqx.Module) -> dict[str, jax.Array]:
     """{key path: array} of every array leaf of `module`."""
     leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(module, eqx.is_array))
@@ -67,13 +71,13 @@ def read_header(folder: str, *, kind: str) -> dict:
         with open(path) as f:
             header = json.load(f)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); save the model again.") from None
+        raise ModelFileError(f"{path}: not valid JSON ({error}); save the model again.") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or header.get("kind") != kind:
         found = header if not isinstance(header, dict) else (header.get("format"),
                                                                 header.get("kind"))
-        raise ValueError(f"{path}: expected a {FORMAT!r} {kind} model, found {found!r}.")
+        raise ModelFileError(f"{path}: expected a {FORMAT!r} {kind} model, found {found!r}.")
     if header.get("version", 0) > VERSION:
-        raise ValueError(f"{path}: model format version {header['version']} is newer than this "
+        raise ModelFileError(f"{path}: model format version {header['version']} is newer than this "
                          f"code's ({VERSION}); update the code.")
     return header
 
@@ -89,7 +93,7 @@ def load_module(folder: str, template: eqx.Module, *, kind: str, strict: bool = 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{folder} has {HEADER} but no {WEIGHTS}; save the model again.")
     if _sha256(weights) != header["weights_sha256"]:
-        raise ValueError(f"{weights} does not match the hash in {HEADER} (a save was cut short "
+        raise ModelFileError(f"{weights} does not match the hash in {HEADER} (a save was cut short "
                          "or the files were mixed); save the model again.")
     with np.load(weights, allow_pickle=False) as stored_file:
         stored = {name: stored_file[name] for name in stored_file.files}
@@ -97,14 +101,14 @@ def load_module(folder: str, template: eqx.Module, *, kind: str, strict: bool = 
     missing = sorted(set(wanted) - set(stored))
     unexpected = sorted(set(stored) - set(wanted))
     if strict and (missing or unexpected):
-        raise ValueError(f"{weights} does not match the {kind} model: missing {missing}, "
+        raise ModelFileError(f"{weights} does not match the {kind} model: missing {missing}, "
                          f"unexpected {unexpected}. Load with strict=False to initialise the "
                          "missing parameters and ignore the unexpected ones.")
     wrong = [f"{name} stored {tuple(stored[name].shape)}, expected {tuple(wanted[name].shape)}"
              for name in sorted(set(wanted) & set(stored))
              if tuple(stored[name].shape) != tuple(wanted[name].shape)]
     if wrong:
-        raise ValueError(f"{weights}: shapes differ from the {kind} model built from "
+        raise ModelFileError(f"{weights}: shapes differ from the {kind} model built from "
                          f"{HEADER}: {'; '.join(wrong)}.")
 
     def fill(path, leaf):
