@@ -106,10 +106,11 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     config.train.dynamics = optimizer_config(2000, 3e-4, 200, 400, 16, (32,))
     config.train.dynamics.update(dict(
         objective="shortcut", bootstrap_start=500, bootstrap_fraction=0.25,
-        image_fraction=0.3, mean_fraction=0.25,
+        image_fraction=0.3, mean_fraction=0.25, action_dropout=0.0,
     ))
     config.eval = ml_collections.ConfigDict(dict(
-        context_frames=8, horizon=16, sampling_steps=4, context_signal=0.9, rollouts=16,
+        context_frames=8, horizon=16, sampling_steps=4, context_signal=0.9, action_guidance=1.0,
+        rollouts=16,
         batch=8, videos=4, speed_frames=16, evaluators="tokenizer,rollout,probe,speed",
         probe_colours=16, probe_fit_frames=4096,
     ))

@@ -20,7 +20,9 @@ JVP perturbs every frame's tau at once, so context tangents leak across frames (
 approximation).
 
 `image_rows` sequences are trained as separate images: their frames do not see each other and
-carry no action.
+carry no action. With `action_dropout` > 0 each frame of the other rows also loses its action
+(the "no action" embedding) with that probability: the model then also predicts a frame whose
+last action is unknown, the reference that action guidance (`dynamics.sampler`) steers away from.
 
 Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
 batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
@@ -114,6 +116,7 @@ def dynamics_loss(
     bootstrap_rows: int = 0,
     mean_fraction: float = 0.25,
     image_fraction: float = 0.3,
+    action_dropout: float = 0.0,
     with_features: bool = False,
 ):
     """(weighted x-space loss in standardised units, metrics); tokenizer latents, actions in the
@@ -129,6 +132,9 @@ def dynamics_loss(
     k_levels, k_noise, k_image, k_mean, k_span = jax.random.split(key, 5)
     is_image, time_mask = image_rows_mask(k_image, batch, time, image_fraction)
     has_action = has_action & ~is_image[:, None]
+    if action_dropout:  # frames trained as if their action were unknown: what guidance contrasts
+        drop = jax.random.uniform(jax.random.fold_in(key, 1), (batch, time)) < action_dropout
+        has_action = has_action & ~drop
     z0 = jax.random.normal(k_noise, latents.shape)
     tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows)
     if objective == "meanflow":

@@ -68,18 +68,32 @@ def last_frame(features: Features) -> FrameFeatures:
     return {name: value[:, -1] for name, value in features.items()}
 
 
-@functools.partial(jax.jit, donate_argnums=1, static_argnames=("steps", "context_signal"))
+def guide(unknown: Array, known: Array, guidance: float) -> Array:
+    """Action guidance: the prediction moved `guidance` times as far from the one made without
+    the frame's action as the action alone moves it (1: the plain conditional prediction)."""
+    return unknown + guidance * (known - unknown)
+
+
+@functools.partial(jax.jit, donate_argnums=1,
+                   static_argnames=("steps", "context_signal", "guidance"))
 def next_frame(model: Dynamics, caches, action, has_action, key, frame, *, steps: int,
-               context_signal: float):
+               context_signal: float, guidance: float = 1.0):
     """Generates frame number `frame` (int32 scalar) given one action [batch, 1, ...]; returns
-    (its latents [batch, latents, dim], its features per group, caches)."""
+    (its latents [batch, latents, dim], its features per group, caches). With `guidance` != 1
+    every denoising step also predicts the frame without its action (same cache, its writes
+    discarded) and steps along `guide`'s extrapolation."""
     batch = has_action.shape[0]
     shape = (batch, 1, model.config.latent_tokens, model.config.latent_dim)
     caches = make_room(caches, 1)
     z = frame_noise(key, _GENERATE, frame, shape)
     for i in range(steps):
         tau, d = _levels(batch, 1, i / steps, 1.0 / steps)
-        z1_hat, _, caches = model.step(z, tau, d, action, has_action, caches)
+        z1_known, _, stepped = model.step(z, tau, d, action, has_action, caches)
+        z1_hat = z1_known
+        if guidance != 1.0:
+            z1_unknown = model.step(z, tau, d, action, jnp.zeros_like(has_action), caches)[0]
+            z1_hat = guide(z1_unknown, z1_known, guidance)
+        caches = stepped
         z = z + (1.0 / steps) * (z1_hat - z) / (1.0 - i / steps)
     tau, d = _levels(batch, 1, context_signal, 1.0 / model.config.k_max)
     context = renoise(z, frame_noise(key, _CONTEXT, frame, shape), context_signal)
@@ -97,11 +111,12 @@ def generate(
     steps: int = 4,
     context_signal: float = 0.9,
     capacity: int | None = None,
+    guidance: float = 1.0,
 ) -> Float[Array, "batch horizon latents dim"]:
     """Frames C..total-1 given C context frames and model-convention actions for all frames.
 
     `capacity` (frames held in the cache, default all) bounds memory; beyond it the oldest
-    frames slide out of the window.
+    frames slide out of the window. `guidance`: see `next_frame`.
     """
     batch, frames = context.shape[:2]
     total = has_action.shape[1]
@@ -115,7 +130,7 @@ def generate(
     for t in range(frames, total):
         z, _, caches = next_frame(model, caches, actions[:, t:t + 1], has_action[:, t:t + 1], key,
                                jnp.asarray(t, jnp.int32), steps=steps,
-                               context_signal=context_signal)
+                               context_signal=context_signal, guidance=guidance)
         out.append(z)
     return model.denormalise(jnp.stack(out, axis=1))
 
@@ -133,9 +148,9 @@ def cache_window(model: Dynamics, frames: int, total: int, steps: int, capacity:
     return capacity, max(0, frames - (capacity - 1))
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "context_signal"))
+@functools.partial(jax.jit, static_argnames=("steps", "context_signal", "guidance"))
 def _uncached_frame(model, z_window, tau_window, d_window, actions, has_action, key, frame,
-                    position, *, steps: int, context_signal: float):
+                    position, *, steps: int, context_signal: float, guidance: float):
     """One frame by full recomputation over the window; the new frame sits at `position`."""
     batch = z_window.shape[0]
     shape = (batch, 1, *z_window.shape[2:])
@@ -146,9 +161,12 @@ def _uncached_frame(model, z_window, tau_window, d_window, actions, has_action, 
 
     for i in range(steps):
         tau, d = _levels(batch, 1, i / steps, 1.0 / steps)
-        out, _ = model(put(z_window, z), put(tau_window, tau), put(d_window, d), actions,
-                       has_action)
-        z1_hat = jax.lax.dynamic_slice_in_dim(out, position, 1, axis=1)
+        inputs = put(z_window, z), put(tau_window, tau), put(d_window, d), actions
+        z1_hat = jax.lax.dynamic_slice_in_dim(model(*inputs, has_action)[0], position, 1, axis=1)
+        if guidance != 1.0:
+            unknown = has_action.at[:, position].set(False)
+            z1_hat = guide(jax.lax.dynamic_slice_in_dim(model(*inputs, unknown)[0], position, 1,
+                                                        axis=1), z1_hat, guidance)
         z = z + (1.0 / steps) * (z1_hat - z) / (1.0 - i / steps)
     context = renoise(z, frame_noise(key, _CONTEXT, frame, shape), context_signal)
     tau, d = _levels(batch, 1, context_signal, 1.0 / model.config.k_max)
@@ -156,7 +174,7 @@ def _uncached_frame(model, z_window, tau_window, d_window, actions, has_action, 
 
 
 def generate_uncached(model, context, actions, has_action, *, key, steps=4, context_signal=0.9,
-                      capacity=None):
+                      capacity=None, guidance=1.0):
     """Same contract and noise as `generate`, by recomputing the window for every step."""
     batch, frames = context.shape[:2]
     total = has_action.shape[1]
@@ -180,6 +198,7 @@ def generate_uncached(model, context, actions, has_action, *, key, steps=4, cont
             has = jnp.concatenate([has, jnp.zeros_like(has_action[:, :pad])], axis=1)
         z, z_window, tau_window, d_window = _uncached_frame(
             model, z_window, tau_window, d_window, acts, has, key, jnp.asarray(t, jnp.int32),
-            jnp.asarray(t - start, jnp.int32), steps=steps, context_signal=context_signal)
+            jnp.asarray(t - start, jnp.int32), steps=steps, context_signal=context_signal,
+            guidance=guidance)
         out.append(z)
     return model.denormalise(jnp.stack(out, axis=1))

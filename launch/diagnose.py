@@ -20,6 +20,7 @@ the JSON (default <workdir>/eval/diagnose.json).
 """
 
 import functools
+import importlib
 import json
 import os
 
@@ -40,13 +41,29 @@ SIGNALS = (0.8, 0.9, 1.0)
 STAGES = ("one_step", "rollout")
 
 
+def with_defaults(recorded: dict) -> dict:
+    """A recorded config with the fields it lacks (added to the configs since that run) taken
+    from its own config file and variant, so a finished run of an older version still loads."""
+    try:
+        defaults = importlib.import_module(f"configs.{recorded['name']}").get_config(
+            recorded["variant"]).to_dict()
+    except (KeyError, ImportError, ValueError):
+        return recorded
+
+    def fill(have: dict, default: dict) -> dict:
+        return {**default, **{k: fill(v, default[k]) if isinstance(v, dict) and
+                              isinstance(default.get(k), dict) else v for k, v in have.items()}}
+
+    return fill(recorded, defaults)
+
+
 def load_context(workdir: str, *, rollouts: int | None = None) -> EvalContext:
     """The eval stage's context for a finished run, from its config.json."""
     recorded = read_config(workdir)
     if recorded is None:
         raise FileNotFoundError(f"{os.path.join(workdir, CONFIG_FILE)}: missing; give the "
                                 "workdir of a run of launch.run.")
-    config = ml_collections.ConfigDict(recorded)
+    config = ml_collections.ConfigDict(with_defaults(recorded))
     if rollouts:
         config.eval.rollouts = rollouts
     return EvalContext(config, Workdir(workdir), mesh=None)

@@ -187,7 +187,8 @@ class EvalContext:
             future = generate(self.model, z[:, :context], a, has, key=self.batch_key(index),
                               steps=steps or ev.sampling_steps, capacity=self.window,
                               context_signal=(ev.context_signal if context_signal is None
-                                              else context_signal))
+                                              else context_signal),
+                              guidance=ev.action_guidance)
             return decode(self.tokenizer, jnp.concatenate([z[:, :context], future], axis=1))
 
         return batched(one_batch, self.latents, actions, self.has_action, batch=ev.batch,

@@ -238,6 +238,9 @@ def dynamics_problems(config, device_count: int) -> list[str]:
     found += _training_problems(config, "dynamics", device_count)
     if not 0 <= config.train.dynamics.bootstrap_fraction <= 1:
         found.append("config.train.dynamics.bootstrap_fraction must lie in [0, 1].")
+    if not 0 <= config.train.dynamics.action_dropout < 1:
+        found.append(f"config.train.dynamics.action_dropout must lie in [0, 1), got "
+                     f"{config.train.dynamics.action_dropout}.")
     return found
 
 
@@ -258,6 +261,9 @@ def eval_problems(config, device_count: int) -> list[str]:
     if not 1 <= config.eval.sampling_steps <= config.dynamics.k_max:
         found.append(f"config.eval.sampling_steps must be in 1..config.dynamics.k_max "
                      f"({config.dynamics.k_max}).")
+    if config.eval.action_guidance < 0:
+        found.append(f"config.eval.action_guidance must be >= 0 (1: no guidance), got "
+                     f"{config.eval.action_guidance}.")
     return found
 
 

@@ -157,17 +157,46 @@ def test_meanflow_with_zero_step_is_flow_matching():
     assert np.isfinite(float(loss)) and float(metrics["bootstrap_mse"]) > 0
 
 
-@pytest.mark.parametrize(("context", "capacity"), [(2, None), (2, 4), (5, 3)])
-def test_cached_generation_equals_uncached(context, capacity):
+@pytest.mark.parametrize(("context", "capacity", "guidance"),
+                         [(2, None, 1.0), (2, 4, 1.0), (5, 3, 1.0), (2, 4, 2.5)])
+def test_cached_generation_equals_uncached(context, capacity, guidance):
     """Same noise and actions: the KV-cached sampler (a ring buffer) reproduces full
     recomputation over the generated frames, also once the window slides and the ring wraps
-    (capacity 4, or 3 with more context frames than fit)."""
+    (capacity 4, or 3 with more context frames than fit), and with action guidance (whose
+    action-free passes must leave the cache as the plain pass wrote it)."""
     model, (z1, actions, has) = _model(seed=1), _batch(b=2, t=10)
-    kw = dict(key=jax.random.key(5), steps=4, capacity=capacity)
+    kw = dict(key=jax.random.key(5), steps=4, capacity=capacity, guidance=guidance)
     cached = generate(model, z1[:, :context], actions, has, **kw)
     uncached = generate_uncached(model, z1[:, :context], actions, has, **kw)
     assert cached.shape == (2, 10 - context, 4, 3)
     np.testing.assert_allclose(cached, uncached, rtol=1e-4, atol=1e-4)
+
+
+def test_action_guidance_extrapolates_from_the_action_free_prediction():
+    """One step (K = 1 lands on the guided prediction): guidance g gives u + g (c - u), c the
+    plain generation and u the generation with the new frame's action unknown; g = 0 is u."""
+    model, (z1, actions, has) = _model(seed=4), _batch(b=2, t=3)
+    kw = dict(key=jax.random.key(3), steps=1)
+    known = np.asarray(generate(model, z1[:, :2], actions, has, **kw), np.float64)
+    unknown = np.asarray(generate(model, z1[:, :2], actions, has.at[:, 2].set(False), **kw),
+                         np.float64)
+    assert np.abs(known - unknown).max() > 1e-3  # the action matters to this model
+    for g in (0.0, 3.0):
+        want = unknown + g * (known - unknown)
+        np.testing.assert_allclose(generate(model, z1[:, :2], actions, has, guidance=g, **kw),
+                                   want, rtol=1e-4, atol=1e-4)
+
+
+def test_action_dropout_hides_actions_at_the_given_rate():
+    """The loss with action_dropout 1 equals the loss with every action unknown; with 0 it is
+    the plain loss (same key)."""
+    model, (z1, actions, has) = _model(seed=5), _batch(b=4, t=5)
+    kw = dict(key=jax.random.key(9), image_fraction=0.0)
+    loss = lambda h, **extra: float(objectives.dynamics_loss(model, z1, actions, h, **kw,
+                                                             **extra)[0])
+    assert loss(has, action_dropout=1.0) == pytest.approx(loss(jnp.zeros_like(has)), rel=1e-6)
+    assert loss(has, action_dropout=0.0) == pytest.approx(loss(has), rel=1e-6)
+    assert loss(has, action_dropout=1.0) != pytest.approx(loss(has), rel=1e-6)
 
 
 def test_generation_standardises_context_and_output():

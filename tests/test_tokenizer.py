@@ -344,3 +344,31 @@ def test_region_matrix_hand_case():
 
     np.testing.assert_allclose(region_matrix(2, 4), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
     np.testing.assert_allclose(region_matrix(3, 4), [[0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+
+
+
+def test_latent_noise_perturbs_what_the_decoder_reads(monkeypatch):
+    """With latent_noise s the decoder reads the encoder's latents plus Gaussian noise whose
+    per-frame scale lies in [0, s] (measured by its standard deviation); with 0 it reads them
+    exactly."""
+    from tokenizer.train import tokenizer_loss
+    video, read = _video(b=4, t=3), {}
+
+    def recording(method, name):
+        def wrapped(self, *args, **kwargs):
+            read[name] = args[0] if name == "decoded" else method(self, *args, **kwargs)
+            return method(self, *args, **kwargs) if name == "decoded" else read[name]
+        return wrapped
+
+    monkeypatch.setattr(Tokenizer, "encode", recording(Tokenizer.encode, "encoded"))
+    monkeypatch.setattr(Tokenizer, "decode", recording(Tokenizer.decode, "decoded"))
+    for noise in (0.0, 0.5):
+        tokenizer_loss(_model(latent_noise=noise), {"mse": jnp.zeros(())}, jnp.asarray(0), video,
+                       key=jax.random.key(1))
+        delta = np.asarray(read["decoded"] - read["encoded"], np.float64)
+        per_frame = delta.std(axis=(2, 3))
+        if noise == 0.0:
+            assert np.abs(delta).max() == 0.0
+        else:
+            assert 0.02 < per_frame.max() < 0.5 * 1.2
+            assert len(np.unique(np.round(per_frame, 4))) == per_frame.size  # a scale per frame

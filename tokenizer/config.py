@@ -35,6 +35,7 @@ class TokenizerConfig:
     region_skip: bool = True
     perceptual_weight: float = 0.2
     rms_decay: float = 0.99
+    latent_noise: float = 0.0  # training: decode latents + N(0, s^2), s ~ U(0, latent_noise)
     remat: bool = False
     compute_dtype: str = "float32"
     backend: str = "auto"  # attention: "auto", "xla", "cudnn" or "pallas" (kernels package)
@@ -73,6 +74,8 @@ class TokenizerConfig:
             raise ValueError(f"p_max must be in [0, 1], got {self.p_max}.")
         if self.perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}.")
+        if self.latent_noise < 0:
+            raise ValueError(f"latent_noise must be >= 0, got {self.latent_noise}.")
         if not 0.0 <= self.rms_decay < 1.0:
             raise ValueError(f"rms_decay must be in [0, 1), got {self.rms_decay}.")
         if self.compute_dtype not in COMPUTE_DTYPES:

@@ -3,12 +3,16 @@
 Loss terms per batch: "mse" (pixel MSE of the reconstruction from MAE-masked input) and, when a
 `PerceptualNet` is given, "perceptual" (its mean distance), normalised by `core.training.
 rms_normalised` (decay `config.rms_decay`) with weight 1 for "mse" and `config.perceptual_weight`
-for "perceptual".
+for "perceptual". With `config.latent_noise` > 0 the decoder reads each frame's latents plus
+Gaussian noise of a scale drawn uniformly from [0, latent_noise]: nearby latents must then decode
+to similar frames, which asks the encoder for a smoother latent space and the decoder to tolerate
+the dynamics model's small errors.
 """
 
 import functools
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -44,7 +48,12 @@ def tokenizer_loss(model: Tokenizer, rms_sq_old, step, video, *, key, perceptual
     target = as_float(video)
     batch, time = video.shape[:2]
     mask, _ = sample_mae_mask((batch, time, config.n_patches), config.p_max, key=key)
-    recon = model.decode(model.encode(target, mask=mask))
+    latents = model.encode(target, mask=mask)
+    if config.latent_noise:
+        k_scale, k_noise = jax.random.split(jax.random.fold_in(key, 1))
+        scale = config.latent_noise * jax.random.uniform(k_scale, (batch, time, 1, 1))
+        latents = latents + scale * jax.random.normal(k_noise, latents.shape)
+    recon = model.decode(latents)
     terms = {"mse": jnp.mean(jnp.square(recon - target))}
     if perceptual is not None:
         terms["perceptual"] = jnp.mean(perceptual(recon, target))

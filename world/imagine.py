@@ -55,16 +55,17 @@ Policy = Callable[[Frame, PRNGKeyArray], Array]
 
 
 @functools.partial(jax.jit, donate_argnums=2,
-                   static_argnames=("policy_static", "steps", "context_signal"))
+                   static_argnames=("policy_static", "steps", "context_signal", "guidance"))
 def imagine_step(model: Dynamics, policy_params, caches, frame: Frame, key, index, *,
-                 policy_static, steps: int, context_signal: float):
+                 policy_static, steps: int, context_signal: float, guidance: float = 1.0):
     """One policy decision and one generated frame (frame number `index`): returns (action,
     the new frame's `Frame`, caches). Compiled once per policy and sizes."""
     policy = eqx.combine(policy_params, policy_static)
     action = policy(frame, jax.random.fold_in(jax.random.fold_in(key, _POLICY), index))
     batch = frame.latents.shape[0]
     z, features, caches = next_frame(model, caches, action[:, None], jnp.ones((batch, 1), bool),
-                                     key, index, steps=steps, context_signal=context_signal)
+                                     key, index, steps=steps, context_signal=context_signal,
+                                     guidance=guidance)
     return action, Frame(frame.step + 1, model.denormalise(z), features), caches
 
 
@@ -80,6 +81,7 @@ def imagine(
     steps: int = 4,
     context_signal: float = 0.9,
     capacity: int | None = None,
+    guidance: float = 1.0,
     decode: bool = False,
 ) -> Imagination:
     """Imagines `horizon` frames after `context` (tokenizer latents) with `policy` choosing every
@@ -89,7 +91,8 @@ def imagine(
     bounds memory: older frames slide out of the window; set it to the longest training sequence
     when context + horizon exceed it (the eval and the player do: attending over more frames than
     training showed makes rollouts worse, BENCHMARKS.md). `world_model` is a `WorldModel` (or a
-    bare `Dynamics` when `decode` is False)."""
+    bare `Dynamics` when `decode` is False). `guidance`: action guidance
+    (`dynamics.sampler.next_frame`; for models trained with action dropout)."""
     model = getattr(world_model, "dynamics", world_model)
     context = jnp.asarray(context)
     batch, frames = context.shape[:2]
@@ -114,7 +117,7 @@ def imagine(
         seen.append(frame)
         action, frame, caches = imagine_step(
             model, params, caches, frame, key, jnp.asarray(index, jnp.int32),
-            policy_static=static, steps=steps, context_signal=context_signal)
+            policy_static=static, steps=steps, context_signal=context_signal, guidance=guidance)
         taken.append(action)
     latents = jnp.stack([f.latents for f in seen[1:]] + [frame.latents], axis=1)
     stacked = jax.tree.map(lambda *x: jnp.stack(x, axis=1 if x[0].ndim else 0), *seen)
