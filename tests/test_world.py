@@ -96,16 +96,18 @@ def test_corrupt_or_mismatched_weights_are_named(tmp_path):
         WorldModel.load(str(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("capacity", [None, 5])
-def test_replaying_policy_reproduces_generate(capacity):
-    """A policy that replays the clip's actions gives what `generate` gives with them."""
+@pytest.mark.parametrize(("capacity", "guidance"), [(None, 1.0), (5, 1.0), (5, 1.5)])
+def test_replaying_policy_reproduces_generate(capacity, guidance):
+    """A policy that replays the clip's actions gives what `generate` gives with them (with
+    action guidance too)."""
     world, (latents, actions) = _world(seed=1), _clip()
     context, horizon = 3, 7
     out = imagine(world, replay(actions, context - 1), latents[:, :context], horizon,
-                  key=jax.random.key(4), actions=actions[:, :context], capacity=capacity)
+                  key=jax.random.key(4), actions=actions[:, :context], capacity=capacity,
+                  guidance=guidance)
     has = jnp.ones(actions.shape[:2], bool)
     want = generate(world.dynamics, latents[:, :context], *align_actions(actions, has),
-                    key=jax.random.key(4), capacity=capacity)
+                    key=jax.random.key(4), capacity=capacity, guidance=guidance)
     np.testing.assert_allclose(out.latents, want, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(out.actions, actions[:, context - 1:context - 1 + horizon])
     np.testing.assert_array_equal(out.seen.step, np.arange(horizon))
