@@ -21,6 +21,9 @@ continuous ones are held for 2..`MAX_HOLD` steps, then drawn uniformly from the 
 
 (classic: gymnasium[classic-control], pygame rendering; mujoco: gymnasium[mujoco], EGL.)
 
+`--frame_skip=k` records every k-th environment step, the action repeated k times in between
+(the native control rates move these worlds by less than a pixel per step at 64x64; BENCHMARKS.md).
+
 The environments run unwrapped: no time limit and no termination, so an episode is always
 `length` frames (CartPole's pole swings freely once it falls, and the cart is pushed back toward
 the centre beyond |x| = `CART_LIMIT`; Acrobot keeps swinging past its goal line; Pendulum's torque
@@ -126,10 +129,11 @@ class SuiteSettings:
     length: int = 200
     size: int = 64
     seed: int = 0
+    frame_skip: int = 1  # environment steps per recorded frame (the action repeated)
 
     def __post_init__(self):
-        if min(self.episodes, self.length, self.size) < 1:
-            raise ValueError(f"episodes, length and size must be >= 1: {self}")
+        if min(self.episodes, self.length, self.size, self.frame_skip) < 1:
+            raise ValueError(f"episodes, length, size and frame_skip must be >= 1: {self}")
 
 
 def make_env(name: str, size: int):
@@ -196,7 +200,8 @@ def domain_episode(name: str, index: int, settings: SuiteSettings):
         if domain.steer is not None:
             action = domain.steer(env, action)
         actions.append(action)
-        env.step(action)
+        for _ in range(settings.frame_skip):
+            env.step(action)
     env.close()
     actions = (np.array(actions, np.int32) if domain.discrete
                else np.array(actions, np.float32).reshape(settings.length, -1))
@@ -225,6 +230,8 @@ def generate_suite(out: str, names, settings: SuiteSettings, *, num_workers: int
     jobs = []
     for name, folder in folders.items():
         recorded = {"domain": name, **dataclasses.asdict(settings)}
+        if settings.frame_skip == 1:  # folders written before frame_skip existed stay valid
+            del recorded["frame_skip"]
         jobs += [(folder, name, k, settings) for k in
                  pending_episodes(folder, SETTINGS_FILE, recorded, settings.episodes)]
     bar = Progress("suite episodes", settings.episodes * len(names), "episodes")
@@ -237,7 +244,8 @@ def generate_suite(out: str, names, settings: SuiteSettings, *, num_workers: int
 
 def main(argv):
     del argv
-    settings = SuiteSettings(_EPISODES.value, _LENGTH.value, _SIZE.value, _SEED.value)
+    settings = SuiteSettings(_EPISODES.value, _LENGTH.value, _SIZE.value, _SEED.value,
+                             _FRAME_SKIP.value)
     folders = generate_suite(_OUT.value, _DOMAINS_FLAG.value, settings, num_workers=_WORKERS.value)
     for name, folder in folders.items():
         print(f"{name}: {folder}")
@@ -250,6 +258,8 @@ if __name__ == "__main__":
     _LENGTH = flags.DEFINE_integer("length", 200, "frames per episode")
     _SIZE = flags.DEFINE_integer("size", 64, "frame side in pixels (square frames)")
     _SEED = flags.DEFINE_integer("seed", 0, "seed")
+    _FRAME_SKIP = flags.DEFINE_integer("frame_skip", 1, "environment steps per recorded frame "
+                                       "(the action is repeated)")
     _WORKERS = flags.DEFINE_integer("workers", os.cpu_count() or 1, "worker processes")
     flags.mark_flags_as_required(["out"])
     app.run(main)

@@ -70,7 +70,7 @@ def main(argv):
     token = None if local else secrets.token_urlsafe(16)
     player = Player(world_model, contexts, fps=fps, steps=steps, capacity=window,
                     context_frames=context, recordings=os.path.join(workdir, "play"),
-                    local=local, token=token)
+                    local=local, token=token, guidance=defaults.guidance)
     family = socket.AF_INET6 if ":" in _HOST.value else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,7 +80,8 @@ def main(argv):
     except OSError as error:
         raise SystemExit(f"play: cannot listen on {_HOST.value}:{_PORT.value} ({error}); pick "
                          "another with --port (0: any free port)") from None
-    print(f"[play] {world_model.action.kind} actions, K = {steps}, "
+    print(f"[play] {world_model.action.kind} actions, K = {steps}, guidance "
+          f"{defaults.guidance:g}, "
           f"{'as fast as the model allows' if fps == 0 else f'{fps:g} frames/s'}, window "
           f"{window} frames; compiling...", flush=True)
     player.warm_up()

@@ -264,6 +264,10 @@ def eval_problems(config, device_count: int) -> list[str]:
     if config.eval.action_guidance < 0:
         found.append(f"config.eval.action_guidance must be >= 0 (1: no guidance), got "
                      f"{config.eval.action_guidance}.")
+    elif config.eval.action_guidance != 1 and not config.train.dynamics.action_dropout:
+        found.append(f"config.eval.action_guidance={config.eval.action_guidance} needs a dynamics "
+                     "model trained with some actions hidden: set "
+                     "config.train.dynamics.action_dropout (e.g. 0.1), or guidance 1.")
     return found
 
 

@@ -91,12 +91,12 @@ def check_actions(spec: ActionSpec, actions, batch: int) -> np.ndarray:
 
 
 @functools.partial(jax.jit, donate_argnames=("caches", "decoder_caches"),
-                   static_argnames=("steps", "context_signal"))
+                   static_argnames=("steps", "context_signal", "guidance"))
 def _next(dynamics, tokenizer, caches, decoder_caches, action, has_action, key, index, *,
-          steps: int, context_signal: float):
+          steps: int, context_signal: float, guidance: float):
     """Frame `index`: (latents, uint8 image, caches, decoder caches)."""
     z, _, caches = next_frame(dynamics, caches, action[:, None], has_action[:, None], key, index,
-                              steps=steps, context_signal=context_signal)
+                              steps=steps, context_signal=context_signal, guidance=guidance)
     latents = dynamics.denormalise(z)
     image, decoder_caches = decode_frame(tokenizer, latents, decoder_caches)
     return latents, to_uint8(image), caches, decoder_caches
@@ -107,8 +107,10 @@ class ImaginedWorlds:
     per frame) may change between frames; `frames` counts the frames so far, context included."""
 
     def __init__(self, world_model, batch: int = 1, *, steps: int = 4,
-                 capacity: int = 16, context_frames: int = 8, context_signal: float = 0.9):
+                 capacity: int = 16, context_frames: int = 8, context_signal: float = 0.9,
+                 guidance: float = 1.0):
         self.world_model, self.batch = world_model, batch
+        self.guidance = guidance
         self.spec: ActionSpec = world_model.action
         self.capacity, self.context_frames = capacity, context_frames
         self.context_signal = context_signal
@@ -174,7 +176,7 @@ class ImaginedWorlds:
             self.world_model.dynamics, self.world_model.tokenizer, self._caches,
             self._decoder_caches, jnp.asarray(actions), jnp.full((self.batch,), has_action),
             self.key, jnp.asarray(self.frames, jnp.int32), steps=self.steps,
-            context_signal=self.context_signal)
+            context_signal=self.context_signal, guidance=self.guidance)
         self.frames += 1
         return np.asarray(image)
 
@@ -244,12 +246,13 @@ class WorldModelEnv(gym.Env):
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
 
     def __init__(self, world_model, *, contexts: Contexts | None = None, steps: int = 4,
-                 capacity: int = 16, context_frames: int = 8, context_signal: float = 0.9):
+                 capacity: int = 16, context_frames: int = 8, context_signal: float = 0.9,
+                 guidance: float = 1.0):
         _check_contexts(contexts, world_model, context_frames)
         self.world_model, self.contexts = world_model, contexts
         self.worlds = ImaginedWorlds(world_model, 1, steps=steps, capacity=capacity,
                                      context_frames=context_frames,
-                                     context_signal=context_signal)
+                                     context_signal=context_signal, guidance=guidance)
         self.observation_space = observation_space(world_model.image_size)
         self.action_space = action_space(world_model.action)
         self.render_mode = "rgb_array"
@@ -294,12 +297,12 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, world_model, num_envs: int, *, contexts: Contexts | None = None,
                  steps: int = 4, capacity: int = 16, context_frames: int = 8,
-                 context_signal: float = 0.9):
+                 context_signal: float = 0.9, guidance: float = 1.0):
         _check_contexts(contexts, world_model, context_frames)
         self.world_model, self.contexts, self.num_envs = world_model, contexts, num_envs
         self.worlds = ImaginedWorlds(world_model, num_envs, steps=steps, capacity=capacity,
                                      context_frames=context_frames,
-                                     context_signal=context_signal)
+                                     context_signal=context_signal, guidance=guidance)
         self.single_observation_space = observation_space(world_model.image_size)
         self.single_action_space = action_space(world_model.action)
         self.observation_space = batch_space(self.single_observation_space, num_envs)

@@ -59,10 +59,10 @@ class Player:
 
     def __init__(self, world_model, contexts: Contexts | None, *, fps: float, steps: int,
                  capacity: int, context_frames: int, recordings: str, local: bool = True,
-                 token: str | None = None):
+                 token: str | None = None, guidance: float = 1.0):
         self.world_model, self.contexts = world_model, contexts
         self.fps, self.steps, self.recordings = fps, steps, recordings
-        self.capacity, self.context_frames = capacity, context_frames
+        self.capacity, self.context_frames, self.guidance = capacity, context_frames, guidance
         self.local, self.token = local, token
         self.keys = key_map(world_model.action)
         self.busy = False
@@ -72,7 +72,8 @@ class Player:
 
     def new_env(self) -> WorldModelEnv:
         return WorldModelEnv(self.world_model, contexts=self.contexts, steps=self.steps,
-                             capacity=self.capacity, context_frames=self.context_frames)
+                             capacity=self.capacity, context_frames=self.context_frames,
+                             guidance=self.guidance)
 
     def warm_up(self, steps: tuple[int, ...] = ()) -> None:
         """Compiles reset and step (for the default K and each of `steps`) before serving."""

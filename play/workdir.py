@@ -38,6 +38,7 @@ class Defaults:
     context_frames: int = 8
     capacity: int = 16  # frames in the KV caches: the longest training sequence
     steps: int = 4
+    guidance: float = 1.0  # action guidance (config.eval.action_guidance)
 
 
 def dataset_fps(config: dict) -> float:
@@ -58,7 +59,8 @@ def read_defaults(workdir: str) -> Defaults:
         return Defaults(fps=dataset_fps(config),
                         context_frames=int(config["eval"]["context_frames"]),
                         capacity=max(int(max(seq_lengths)), 2),
-                        steps=int(config["eval"]["sampling_steps"]))
+                        steps=int(config["eval"]["sampling_steps"]),
+                        guidance=float(config["eval"].get("action_guidance", 1.0)))
     except (OSError, KeyError, ValueError, TypeError):
         return Defaults()
 

@@ -29,6 +29,19 @@ def test_every_problem_is_reported_at_once_one_line_each(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_action_guidance_needs_a_model_trained_with_hidden_actions():
+    config = calvin.get_config("tiny")
+    config.eval.action_guidance = 1.5
+    assert [p for p in settings.problems(config, 1) if "action_guidance" in p] == [
+        "config.eval.action_guidance=1.5 needs a dynamics model trained with some actions "
+        "hidden: set config.train.dynamics.action_dropout (e.g. 0.1), or guidance 1."]
+    config.train.dynamics.action_dropout = 0.1
+    assert settings.problems(config, 1) == []
+    config.train.dynamics.action_dropout = 1.0
+    assert settings.problems(config, 1) == [
+        "config.train.dynamics.action_dropout must lie in [0, 1), got 1.0."]
+
+
 def test_an_unknown_field_is_one_line_with_the_nearest_names():
     argv = ["run.py", "--config=configs/calvin.py:tiny", "--config.seed=1",
             "--config.dynamics.widht=64"]

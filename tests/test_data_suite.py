@@ -59,3 +59,27 @@ def test_domain_episodes_deterministic_and_resumable(name, tmp_path):
 def test_unknown_domain_is_named():
     with pytest.raises(ValueError, match=r"unknown suite domains \['chess'\]"):
         generate_suite("/nonexistent", ["chess"], SuiteSettings())
+
+
+def test_frame_skip_repeats_each_recorded_action():
+    """frame_skip 3: recorded frame k + 1 is the state after the recorded action k applied three
+    times, replayed here on a fresh environment (pendulum: its state is the angle and speed)."""
+    try:
+        make_env("pendulum", 16).close()
+    except ImportError as error:
+        pytest.skip(str(error))
+    from data.suite import domain_episode
+    settings = SuiteSettings(episodes=1, length=5, size=16, seed=1, frame_skip=3)
+    _, actions, states = domain_episode("pendulum", 0, settings)
+    rng = np.random.default_rng((1, list(DOMAINS).index("pendulum"), 0))
+    env = make_env("pendulum", 16)
+    env.reset(seed=int(rng.integers(2**31 - 1)))
+    tips = []
+    for action in actions:
+        theta = env.state[0]
+        tips.append((-np.sin(theta), np.cos(theta)))
+        for _ in range(3):
+            env.step(action)
+    np.testing.assert_allclose(states[:, :2], np.array(tips), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="frame_skip"):
+        SuiteSettings(frame_skip=0)

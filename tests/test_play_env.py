@@ -26,7 +26,7 @@ def contexts():
     return tiny_contexts(CALVIN, clips=3, length=12)
 
 
-def _imagined(world, contexts, clips, horizon, *, seed, decode=True):
+def _imagined(world, contexts, clips, horizon, *, seed, decode=True, guidance=1.0):
     """world.imagine replaying the clips' own actions after the context (SETTINGS); decoded
     frames (whole-sequence decoding) from the last context frame on as uint8, and the latents."""
     context, steps, capacity = (SETTINGS[k] for k in ("context_frames", "steps", "capacity"))
@@ -35,7 +35,7 @@ def _imagined(world, contexts, clips, horizon, *, seed, decode=True):
     out = imagine(world, replay(actions, offset=context - 1), latents, horizon,
                   key=jax.random.key(seed), actions=actions[:, :context],
                   has_action=jnp.asarray(contexts.has_action[clips, :context]), steps=steps,
-                  capacity=capacity, decode=decode)
+                  capacity=capacity, decode=decode, guidance=guidance)
     frames = np.asarray(to_uint8(out.frames[:, context - 1:])) if decode else None
     return frames, np.asarray(out.latents)
 
@@ -105,10 +105,12 @@ def test_equals_world_imagine_within_and_beyond_the_window(world, contexts):
     np.testing.assert_allclose(np.stack(latents), expected_latents[0], atol=1e-5)
 
 
-def test_vector_env_equals_batched_imagine(world, contexts):
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_vector_env_equals_batched_imagine(world, contexts, guidance):
     """Each world of the batch gets its own row of the batch's noise, as in `world.imagine` of
-    the same batch: the latents match row by row (frames: as the single env above)."""
-    env = WorldModelVectorEnv(world, 2, contexts=contexts, **SETTINGS)
+    the same batch: the latents match row by row (frames: as the single env above); with action
+    guidance as well."""
+    env = WorldModelVectorEnv(world, 2, contexts=contexts, guidance=guidance, **SETTINGS)
     first, info = env.reset(seed=7, options={"clips": [2, 0]})
     assert info == {"clips": [2, 0]} and first.shape == (2, 16, 16, 3)
     latents = []
@@ -117,7 +119,7 @@ def test_vector_env_equals_batched_imagine(world, contexts):
         latents.append(np.asarray(env.worlds.latents))
     assert obs.shape == (2, 16, 16, 3) and not np.array_equal(obs[0], obs[1])
     assert rewards.tolist() == [0.0, 0.0] and not terminated.any() and not truncated.any()
-    _, expected = _imagined(world, contexts, [2, 0], 3, seed=7, decode=False)
+    _, expected = _imagined(world, contexts, [2, 0], 3, seed=7, decode=False, guidance=guidance)
     np.testing.assert_allclose(np.stack(latents, axis=1), expected, atol=1e-5)
 
 
