@@ -12,7 +12,8 @@ context signal reproduces summary.json's rollout.psnr):
   dynamics' one-step error with nothing of its own in the context (step 1 equals the rollout's);
 - rollout: the autoregressive rollout from the C context latents (`EvalContext.rollouts`);
 each for every K in `--ks` at the eval context signal, and every signal in `--signals` at the
-eval K (the context frames are re-noised to that signal level: 1.0 is clean), with real and with
+eval K (the context frames are re-noised to that signal level: 1.0 is clean), all with the run's
+action guidance (config.eval.action_guidance), with real and with
 shuffled actions (each rollout gets another one's). Per step: PSNR, SSIM, the PSNR of shuffled
 actions and the action gap (PSNR real minus shuffled, dB: near 0 means the stage ignores the
 actions), and the sharpness ratio (`launch.metrics.rollout_metrics`). Prints a table and writes
@@ -70,7 +71,7 @@ def load_context(workdir: str, *, rollouts: int | None = None) -> EvalContext:
 
 
 def one_step_latents(model, latents, actions, has_action, *, context: int, key, steps: int,
-                     context_signal: float) -> jax.Array:
+                     context_signal: float, guidance: float = 1.0) -> jax.Array:
     """Teacher-forced predictions [batch, H, latents, dim]: frame t = context + h from the true
     latents t - context .. t - 1 (model-convention actions), one `generate` call per step, all
     with `key` (the same shapes, so it compiles once)."""
@@ -79,7 +80,7 @@ def one_step_latents(model, latents, actions, has_action, *, context: int, key, 
         window = slice(t - context, t + 1)
         frames.append(generate(model, latents[:, t - context:t], actions[:, window],
                                has_action[:, window], key=key, steps=steps,
-                               context_signal=context_signal)[:, 0])
+                               context_signal=context_signal, guidance=guidance)[:, 0])
     return jnp.stack(frames, axis=1)
 
 
@@ -103,7 +104,8 @@ def one_step_frames(ctx: EvalContext, actions, *, steps: int, context_signal: fl
     def one_batch(index, z, a, has):
         predicted = one_step_latents(ctx.model, z, a, has, context=context,
                                      key=ctx.batch_key(index), steps=steps,
-                                     context_signal=context_signal)
+                                     context_signal=context_signal,
+                                     guidance=ctx.config.eval.action_guidance)
         return decode_one_step(ctx.tokenizer, z, predicted, context=context)
 
     return batched(one_batch, ctx.latents, actions, ctx.has_action, batch=ctx.config.eval.batch,
