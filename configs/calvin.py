@@ -53,6 +53,7 @@ def get_config(variant: str | None = None):
         config.train.dynamics.action_dropout = 0.1  # with guidance 1.5: +0.2 dB action gap,
         config.eval.action_guidance = 1.5  # -2.7 cm probe error at step 16 (BENCHMARKS.md)
         config.eval.sampling_steps = 1  # K = 1 beat K = 2 and 4 on PSNR, SSIM, action gap
+        config.train.dynamics.steps = 2000
     else:
         tiny_test_sizes(config)
     return config
