@@ -150,7 +150,7 @@ def cache_window(model: Dynamics, frames: int, total: int, steps: int, capacity:
 
 @functools.partial(jax.jit, static_argnames=("steps", "context_signal", "guidance"))
 def _uncached_frame(model, z_window, tau_window, d_window, actions, has_action, key, frame,
-                    position, *, steps: int, context_signal: float, guidance: float):
+                    position, *, steps: int, context_signal: float, guidance: float = 1.0):
     """One frame by full recomputation over the window; the new frame sits at `position`."""
     batch = z_window.shape[0]
     shape = (batch, 1, *z_window.shape[2:])
