@@ -150,7 +150,12 @@ def claim_folder(root: str, settings_file: str, settings: dict) -> None:
     path = os.path.join(root, settings_file)
     if os.path.exists(path):
         with open(path) as f:
-            if json.load(f) != settings:
+            try:
+                recorded = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} is not valid JSON ({e}); it records the settings of the "
+                                "data generated there: restore it, or use a new folder") from e
+            if recorded != settings:
                 raise DataError(
                     f"{root} holds data generated with other settings (see {path}); use a new "
                     "folder, or delete this one to generate it again"

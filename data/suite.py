@@ -42,6 +42,7 @@ from collections.abc import Callable
 import numpy as np
 from absl import app, flags
 
+from data.episode import DataError
 from data.episodes import episode_file, pending_episodes, write_episode
 from data.images import resize_frames
 from data.jobs import Progress, run_jobs
@@ -244,9 +245,13 @@ def generate_suite(out: str, names, settings: SuiteSettings, *, num_workers: int
 
 def main(argv):
     del argv
-    settings = SuiteSettings(_EPISODES.value, _LENGTH.value, _SIZE.value, _SEED.value,
-                             _FRAME_SKIP.value)
-    folders = generate_suite(_OUT.value, _DOMAINS_FLAG.value, settings, num_workers=_WORKERS.value)
+    try:
+        settings = SuiteSettings(_EPISODES.value, _LENGTH.value, _SIZE.value, _SEED.value,
+                                 _FRAME_SKIP.value)
+        folders = generate_suite(_OUT.value, _DOMAINS_FLAG.value, settings,
+                                 num_workers=_WORKERS.value)
+    except (ValueError, ImportError, DataError) as e:
+        raise SystemExit(f"data.suite: {e}") from None
     for name, folder in folders.items():
         print(f"{name}: {folder}")
 

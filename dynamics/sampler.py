@@ -88,11 +88,10 @@ def next_frame(model: Dynamics, caches, action, has_action, key, frame, *, steps
     z = frame_noise(key, _GENERATE, frame, shape)
     for i in range(steps):
         tau, d = _levels(batch, 1, i / steps, 1.0 / steps)
-        z1_known, _, stepped = model.step(z, tau, d, action, has_action, caches)
-        z1_hat = z1_known
+        z1_hat, _, stepped = model.step(z, tau, d, action, has_action, caches)
         if guidance != 1.0:
-            z1_unknown = model.step(z, tau, d, action, jnp.zeros_like(has_action), caches)[0]
-            z1_hat = guide(z1_unknown, z1_known, guidance)
+            unknown = model.step(z, tau, d, action, jnp.zeros_like(has_action), caches)[0]
+            z1_hat = guide(unknown, z1_hat, guidance)
         caches = stepped
         z = z + (1.0 / steps) * (z1_hat - z) / (1.0 - i / steps)
     tau, d = _levels(batch, 1, context_signal, 1.0 / model.config.k_max)
@@ -159,14 +158,17 @@ def _uncached_frame(model, z_window, tau_window, d_window, actions, has_action, 
     def put(window, value):
         return jax.lax.dynamic_update_slice_in_dim(window, value, position, axis=1)
 
+    unknown = has_action.at[:, position].set(False)  # the new frame's action hidden
+
+    def predict(inputs, has):
+        return jax.lax.dynamic_slice_in_dim(model(*inputs, has)[0], position, 1, axis=1)
+
     for i in range(steps):
         tau, d = _levels(batch, 1, i / steps, 1.0 / steps)
         inputs = put(z_window, z), put(tau_window, tau), put(d_window, d), actions
-        z1_hat = jax.lax.dynamic_slice_in_dim(model(*inputs, has_action)[0], position, 1, axis=1)
+        z1_hat = predict(inputs, has_action)
         if guidance != 1.0:
-            unknown = has_action.at[:, position].set(False)
-            z1_hat = guide(jax.lax.dynamic_slice_in_dim(model(*inputs, unknown)[0], position, 1,
-                                                        axis=1), z1_hat, guidance)
+            z1_hat = guide(predict(inputs, unknown), z1_hat, guidance)
         z = z + (1.0 / steps) * (z1_hat - z) / (1.0 - i / steps)
     context = renoise(z, frame_noise(key, _CONTEXT, frame, shape), context_signal)
     tau, d = _levels(batch, 1, context_signal, 1.0 / model.config.k_max)

@@ -83,3 +83,10 @@ def test_frame_skip_repeats_each_recorded_action():
     np.testing.assert_allclose(states[:, :2], np.array(tips), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="frame_skip"):
         SuiteSettings(frame_skip=0)
+
+
+def test_broken_settings_file_is_named(tmp_path):
+    from data.jobs import claim_folder
+    (tmp_path / "suite.json").write_text("{broken")
+    with pytest.raises(DataError, match=r"suite\.json is not valid JSON"):
+        claim_folder(str(tmp_path), "suite.json", {"domain": "pendulum"})
