@@ -50,11 +50,6 @@ def get_config(variant: str | None = None):
         small_cpu_sizes(config, image_size=48, patch=6)
         config.data.update(dict(sim_train_episodes=96, sim_eval_episodes=6,
                                 sim_episode_length=96, sim_render_size=96, sim_frame_skip=3))
-        config.train.dynamics.optimizer = "muon"  # BENCHMARKS.md: +0.4 dB, +0.4 dB action gap
-        config.train.dynamics.action_dropout = 0.1  # with guidance 1.5: +0.2 dB action gap,
-        config.eval.action_guidance = 1.5  # -2.7 cm probe error at step 16 (BENCHMARKS.md)
-        config.eval.sampling_steps = 1  # K = 1 beat K = 2 and 4 on PSNR, SSIM, action gap
-        config.train.dynamics.steps = 2000
     else:
         tiny_test_sizes(config)
     return config

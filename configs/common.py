@@ -17,7 +17,8 @@ Fields (every size lives here, none in code):
 - train.tokenizer / train.dynamics: steps, batch, sequence lengths, optimizer and schedule,
   log / checkpoint intervals; `optimizer` is "adamw" or "muon" (Muon at `muon_lr` on the
   transformer blocks' matrices, AdamW at `lr` on the rest); the dynamics stage also has the
-  bootstrap and image settings;
+  objective's settings: bootstrap, image rows, `action_dropout` and `context_fraction`
+  (dynamics/objectives.py);
 - eval: rollout context, horizon, sampling steps, number of rollouts, videos, `evaluators` (a
   comma list of names in launch/evaluators.py; `probe` gives no keys for sources without
   states), and the state probe's palette size `probe_colours` and `probe_fit_frames`;
@@ -106,7 +107,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     config.train.dynamics = optimizer_config(2000, 3e-4, 200, 400, 16, (32,))
     config.train.dynamics.update(dict(
         objective="shortcut", bootstrap_start=500, bootstrap_fraction=0.25,
-        image_fraction=0.3, mean_fraction=0.25, action_dropout=0.0,
+        image_fraction=0.3, mean_fraction=0.25, action_dropout=0.0, context_fraction=0.0,
     ))
     config.eval = ml_collections.ConfigDict(dict(
         context_frames=8, horizon=16, sampling_steps=4, context_signal=0.9, action_guidance=1.0,
@@ -137,11 +138,16 @@ def small_cpu_sizes(config, *, image_size, patch: int) -> None:
     config.train.tokenizer.update(dict(steps=2000, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
                                        warmup_steps=50, decay_steps=500, checkpoint_every=500,
                                        log_every=100))
-    config.train.dynamics.update(dict(steps=1000, batch=16, seq_lengths=(8, 16),
+    # The dynamics recipe measured on the simulator (BENCHMARKS.md, "Levers"): Muon on the
+    # transformer blocks' matrices, 10% of the frames' actions hidden in training, action
+    # guidance 1.5 and K = 1 sampling step per frame when sampling (eval and player).
+    config.train.dynamics.update(dict(steps=2000, batch=16, seq_lengths=(8, 16),
                                       length_weights=(0.75, 0.25), lr=2e-3, warmup_steps=100,
                                       decay_steps=200, bootstrap_start=500,
-                                      checkpoint_every=250, log_every=100))
-    config.eval.update(dict(context_frames=8, horizon=16, rollouts=24, batch=12))
+                                      checkpoint_every=250, log_every=100, optimizer="muon",
+                                      action_dropout=0.1))
+    config.eval.update(dict(context_frames=8, horizon=16, rollouts=24, batch=12,
+                            action_guidance=1.5, sampling_steps=1))
     config.agent.update(dict(hidden=128, finetune_steps=300, finetune_lr=1e-3, rl_iterations=100,
                              rl_batch=16, rl_horizon=12, rl_steps=2, rl_lr=1e-3, eval_frames=32))
 

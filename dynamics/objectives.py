@@ -24,6 +24,13 @@ carry no action. With `action_dropout` > 0 each frame of the other rows also los
 (the "no action" embedding) with that probability: the model then also predicts a frame whose
 last action is unknown, the reference that action guidance (`dynamics.sampler`) steers away from.
 
+`context_fraction` > 0 sets that share of the flow rows' frames to the cleanest level of the
+grid, 1 - 1/k_max (a context frame as sampling sees it). With independent uniform levels, a frame
+at a low level rarely has two near-clean frames just before it (1 in 25 at tau >= 0.8), yet that
+is how every frame is sampled: after its context, from noise. In worlds with momentum, where the
+next frame follows from the motion between the last two (a torque-driven arm), the model then
+does not learn to carry the motion on (BENCHMARKS.md, "Levers").
+
 Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
 batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
 without and 1.66 with a quarter of the rows bootstrapping (about 4, 3 and 3.5 forward passes: the
@@ -64,6 +71,15 @@ def sample_levels(key: PRNGKeyArray, batch: int, time: int, k_max: int, bootstra
     d = (2.0 ** level.astype(jnp.float32)) / k_max
     steps = jnp.floor(jax.random.uniform(k_tau, (batch, time)) / d)  # uniform on {0..1/d - 1}
     return steps * d, d
+
+
+def context_levels(key: PRNGKeyArray, tau: Float[Array, "batch time"],
+                   d: Float[Array, "batch time"], k_max: int, fraction: float
+                   ) -> Float[Array, "batch time"]:
+    """Each flow-row frame (d = 1 / k_max) moves to the cleanest grid level 1 - 1 / k_max with
+    probability `fraction`; bootstrap-row frames keep their level."""
+    clean = jax.random.uniform(key, tau.shape) < fraction
+    return jnp.where(clean & (d <= 1.0 / k_max), 1.0 - 1.0 / k_max, tau)
 
 
 def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
@@ -117,6 +133,7 @@ def dynamics_loss(
     mean_fraction: float = 0.25,
     image_fraction: float = 0.3,
     action_dropout: float = 0.0,
+    context_fraction: float = 0.0,
     with_features: bool = False,
 ):
     """(weighted x-space loss in standardised units, metrics); tokenizer latents, actions in the
@@ -137,6 +154,8 @@ def dynamics_loss(
         has_action = has_action & ~drop
     z0 = jax.random.normal(k_noise, latents.shape)
     tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows)
+    if context_fraction:  # context-like frames: what a low-level frame needs behind it
+        tau = context_levels(jax.random.fold_in(key, 2), tau, d, k_max, context_fraction)
     if objective == "meanflow":
         use_mean = jax.random.uniform(k_mean, (batch, time)) < mean_fraction
         d = jnp.where(use_mean, jax.random.uniform(k_span, (batch, time)) * (1.0 - tau), 0.0)

@@ -281,7 +281,8 @@ def dynamics_loss_fn(config):
     train = config.train.dynamics
     return dynamics_train.loss_fn(objective=train.objective, mean_fraction=train.mean_fraction,
                                   image_fraction=train.image_fraction,
-                                  action_dropout=train.action_dropout)
+                                  action_dropout=train.action_dropout,
+                                  context_fraction=train.context_fraction)
 
 
 def new_dynamics_state(config, work: Workdir):

@@ -40,6 +40,10 @@ def test_action_guidance_needs_a_model_trained_with_hidden_actions():
     config.train.dynamics.action_dropout = 1.0
     assert settings.problems(config, 1) == [
         "config.train.dynamics.action_dropout must lie in [0, 1), got 1.0."]
+    config.train.dynamics.action_dropout = 0.1
+    config.train.dynamics.context_fraction = -0.5
+    assert settings.problems(config, 1) == [
+        "config.train.dynamics.context_fraction must lie in [0, 1), got -0.5."]
 
 
 def test_an_unknown_field_is_one_line_with_the_nearest_names():

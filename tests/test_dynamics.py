@@ -199,6 +199,27 @@ def test_action_dropout_hides_actions_at_the_given_rate():
     assert loss(has, action_dropout=1.0) != pytest.approx(loss(has), rel=1e-6)
 
 
+def test_context_fraction_moves_flow_frames_to_the_cleanest_level():
+    """On flow rows the top grid level then holds fraction + (1 - fraction) / k_max of the
+    frames (the uniform draw also lands there); bootstrap rows keep their levels; 0 changes
+    nothing."""
+    k_max, batch, time, fraction = 16, 400, 50, 0.5
+    tau, d = objectives.sample_levels(jax.random.key(0), batch, time, k_max, bootstrap_rows=100)
+    moved = objectives.context_levels(jax.random.key(1), tau, d, k_max, fraction)
+    top = np.asarray(moved[100:]) == 1.0 - 1.0 / k_max
+    expected = fraction + (1 - fraction) / k_max
+    assert abs(top.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / top.size)
+    assert np.array_equal(np.asarray(moved[:100]), np.asarray(tau[:100]))
+    assert np.array_equal(np.asarray(objectives.context_levels(jax.random.key(1), tau, d, k_max,
+                                                               0.0)), np.asarray(tau))
+    model, (z1, actions, has) = _model(seed=5), _batch(b=4, t=5)
+    kw = dict(key=jax.random.key(9), image_fraction=0.0)
+    loss = lambda **extra: float(objectives.dynamics_loss(model, z1, actions, has, **kw,
+                                                          **extra)[0])
+    assert loss(context_fraction=0.0) == pytest.approx(loss(), rel=1e-6)
+    assert loss(context_fraction=0.9) != pytest.approx(loss(), rel=1e-6)
+
+
 def test_generation_standardises_context_and_output():
     """A model with latent statistics (m, s) generates m + s x what the same weights without
     them generate from the standardised context."""
