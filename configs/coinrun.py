@@ -15,8 +15,8 @@ memory, estimated from shapes: 3.9 GiB (tokenizer), 6.3 GiB (dynamics); not yet 
 small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling through 4 levels
 (`data.coinrun_levels`; held-out episodes replay those levels with other random actions: a model
 trained for minutes on 2 CPU cores cannot generalise to unseen level themes); dynamics 4000 steps
-at learning rate 2e-3, as every small variant (with these, all four measured level pools meet the
-quality bar); evaluated on 48 held-out rollouts; about 26 minutes in all (BENCHMARKS.md).
+at learning rate 2e-3 with every small variant's recipe (Muon, 10% hidden actions, guidance 1.5,
+K = 1); evaluated on 48 held-out rollouts; about 27 minutes in all (BENCHMARKS.md).
 tiny: for tests.
 """
 
