@@ -39,6 +39,7 @@ class Attention(eqx.Module):
         qk_norm: bool = True,
         rope_base: float | None = 10_000.0,
         softcap: float | None = None,
+        qk_gain: float = 1.0,
         out_init_scale: float = 1.0,
         backend: str = "auto",
         compute_dtype: str = "float32",
@@ -57,8 +58,8 @@ class Attention(eqx.Module):
         self.out_proj = Linear(
             heads * head_dim, width, init_scale=out_init_scale, compute_dtype=compute_dtype, key=ko
         )
-        self.q_norm = RMSNorm(head_dim) if qk_norm else None
-        self.k_norm = RMSNorm(head_dim) if qk_norm else None
+        self.q_norm = RMSNorm(head_dim, init=qk_gain) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, init=qk_gain) if qk_norm else None
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.rope_base, self.softcap, self.backend = rope_base, softcap, backend
 

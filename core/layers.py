@@ -95,8 +95,8 @@ class RMSNorm(eqx.Module):
     scale: Float[Array, " dim"]
     eps: float = eqx.field(static=True)
 
-    def __init__(self, dim: int, *, eps: float = 1e-6):
-        self.scale = jnp.ones((dim,), jnp.float32)
+    def __init__(self, dim: int, *, eps: float = 1e-6, init: float = 1.0):
+        self.scale = jnp.full((dim,), init, jnp.float32)
         self.eps = eps
 
     def __call__(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:

@@ -77,6 +77,7 @@ class AxialTransformer(eqx.Module):
         time_every: int = 4,
         qk_norm: bool = True,
         softcap: float | None = 50.0,
+        qk_gain: float = 1.0,
         rope_base: float = 10_000.0,
         remat: bool = False,
         backend: str = "auto",
@@ -94,6 +95,7 @@ class AxialTransformer(eqx.Module):
                 width, heads, mlp_hidden=mlp_hidden, out_init_scale=1 / math.sqrt(2 * depth),
                 compute_dtype=compute_dtype, key=k, kv_heads=kv_heads, head_dim=head_dim,
                 qk_norm=qk_norm, softcap=softcap, rope_base=rope_base, backend=backend,
+                qk_gain=qk_gain,
             )
             for k in jax.random.split(key, depth)
         )

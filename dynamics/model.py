@@ -55,6 +55,7 @@ class DynamicsConfig:
     agent_tokens: int = 0
     k_max: int = 64
     softcap: float | None = 50.0
+    qk_gain: float = 1.0  # initial QK-norm scales: logits up to qk_gain^2 sqrt(head_dim)
     remat: bool = False
     compute_dtype: str = "float32"
     backend: str = "auto"
@@ -157,8 +158,8 @@ class Dynamics(eqx.Module):
                       if c.agent_tokens else None)
         self.transformer = AxialTransformer(
             c.width, c.depth, c.heads, kv_heads=c.kv_heads, time_every=c.time_every,
-            softcap=c.softcap, remat=c.remat, backend=c.backend, compute_dtype=c.compute_dtype,
-            key=keys[5])
+            softcap=c.softcap, qk_gain=c.qk_gain, remat=c.remat, backend=c.backend,
+            compute_dtype=c.compute_dtype, key=keys[5])
         self.readout = Linear(c.width, packed, compute_dtype=c.compute_dtype, key=keys[6])
         self.config = config
 

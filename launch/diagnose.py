@@ -1,7 +1,7 @@
 """Where the world model's error comes from, stage by stage, on the eval clips of a finished run.
 
     python -m launch.diagnose --workdir=runs/calvin-small [--json=out.json] [--ks=1,2,4,8] \
-        [--signals=0.8,0.9,1.0] [--rollouts=N]
+        [--signals=0.8,0.9,1.0] [--rollouts=N] [--reference_steps=3000]
 
 On the first `eval.rollouts` eval clips (C = eval.context_frames, H = eval.horizon, the run's
 config.json; batches and sampling keys as the eval stage's, so the rollout row at the eval K and
@@ -11,6 +11,12 @@ context signal reproduces summary.json's rollout.psnr):
   latents t - C .. t - 1 and the true actions, decoded after those same true latents: the
   dynamics' one-step error with nothing of its own in the context (step 1 equals the rollout's);
 - rollout: the autoregressive rollout from the C context latents (`EvalContext.rollouts`);
+- copy_last (the rollouts' baseline: the last true context frame) and copy_previous (the
+  one-step baseline: true frame t - 1 as the guess for frame t), per step;
+- reference (with `--reference_steps=N` > 0): `dynamics.reference.NextLatentMLP` trained N Adam
+  steps on the training latents, teacher-forced like one_step, with real and shuffled actions:
+  how much of the next frame the latents carry, for a plain regressor (about a minute per 1000
+  steps on 2 CPU cores);
 each for every K in `--ks` at the eval context signal, and every signal in `--signals` at the
 eval K (the context frames are re-noised to that signal level: 1.0 is clean), all with the run's
 action guidance (config.eval.action_guidance), with real and with
@@ -31,9 +37,11 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from dynamics import generate
+from data.clips import ClipStore
+from dynamics import generate, reference
+from dynamics.actions import align_actions
 from launch.evaluate import EvalContext, batched, decode
-from launch.metrics import rollout_metrics, tokenizer_metrics
+from launch.metrics import capped_psnr, frame_mse, rollout_metrics, tokenizer_metrics
 from launch.stages import Workdir
 from launch.workdir import CONFIG_FILE, read_config
 
@@ -112,6 +120,32 @@ def one_step_frames(ctx: EvalContext, actions, *, steps: int, context_signal: fl
                    what=f"one-step ({what})")
 
 
+def reference_frames(ctx: EvalContext, *, steps: int) -> dict:
+    """The MLP reference (`dynamics.reference`) fitted on the run's training latents, then
+    teacher-forced on the eval clips with real and shuffled actions, decoded like one_step."""
+    store = ClipStore(ctx.work.latents)
+    shards = [store.read_shard("train", name) for name, _ in store.shards("train")]
+    train = {key: np.concatenate([s[key] for s in shards]) for key in
+             ("latents", "actions", "has_action")}
+    actions, has = align_actions(jnp.asarray(train["actions"]), jnp.asarray(train["has_action"]))
+    spec = ctx.model.config.action
+    progress = lambda step, loss: print(f"[diagnose] reference step {step}/{steps} loss "
+                                        f"{loss:.4g}", flush=True)
+    model = reference.fit(train["latents"], np.asarray(actions), np.asarray(has), spec,
+                          steps=steps, key=jax.random.key(ctx.config.seed), progress=progress)
+    context = ctx.context
+
+    def frames(actions, what):
+        guess = lambda _, z, a, h: decode_one_step(
+            ctx.tokenizer, z, reference.one_step(model, z, a, h, spec, context=context),
+            context=context)
+        return batched(guess, ctx.latents, actions, ctx.has_action, batch=ctx.config.eval.batch,
+                       what=f"reference ({what})")
+
+    return {"real": frames(ctx.actions, "real"), "shuffled": frames(ctx.shuffled_actions,
+                                                                     "shuffled")}
+
+
 def settings_grid(ks, signals, eval_k: int, eval_signal: float, k_max: int):
     """(K, signal) pairs: every K at the eval signal, every signal at the eval K; K > k_max is
     left out."""
@@ -120,7 +154,7 @@ def settings_grid(ks, signals, eval_k: int, eval_signal: float, k_max: int):
     return list(dict.fromkeys(pairs))
 
 
-def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS) -> dict:
+def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS, reference_steps: int = 0) -> dict:
     """The breakdown as a JSON-ready dict (see the module docstring)."""
     ev = ctx.config.eval
     truth, context = ctx.truth, ctx.context
@@ -150,6 +184,19 @@ def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS) -> dict:
                 "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
                 "sharpness_ratio": metrics["rollout.sharpness_ratio"]})
     result["copy_last"] = {"psnr": copy_last}
+    previous = capped_psnr(frame_mse(np.asarray(truth[:, context - 1:-1]),
+                                     np.asarray(truth[:, context:])))
+    result["copy_previous"] = {"psnr": previous.mean(axis=0).tolist()}
+    if reference_steps:
+        guesses = reference_frames(ctx, steps=reference_steps)
+        metrics = rollout_metrics(truth, guesses["real"], guesses["shuffled"],
+                                  ctx.reconstruction, context=context)
+        psnr, other = metrics["rollout.psnr"], metrics["rollout.psnr_shuffled_actions"]
+        result["reference"] = {
+            "steps": reference_steps, "psnr": psnr, "ssim": metrics["rollout.ssim"],
+            "psnr_shuffled_actions": other,
+            "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
+            "sharpness_ratio": metrics["rollout.sharpness_ratio"]}
     return result
 
 
@@ -159,16 +206,19 @@ def table(result: dict) -> str:
     tok = result["tokenizer"]
     lines = [f"tokenizer: PSNR {tok['tokenizer.psnr']:.2f} dB, SSIM {tok['tokenizer.ssim']:.3f}; "
              f"copy last frame: PSNR {mean(result['copy_last']['psnr']):.2f} dB (mean over "
-             f"{result['settings']['horizon']} steps)",
+             f"{result['settings']['horizon']} steps), copy previous true frame: PSNR "
+             f"{mean(result['copy_previous']['psnr']):.2f} dB (the one-step baseline)",
              f"{'stage':<9}{'K':>3}{'signal':>8}{'PSNR':>8}{'step 1':>8}{'last':>8}{'SSIM':>7}"
              f"{'shuffled':>10}{'gap dB':>8}{'gap 1':>7}{'sharp':>7}"]
-    for stage in STAGES:
-        for row in result[stage]:
-            lines.append(
-                f"{stage:<9}{row['k']:>3}{row['context_signal']:>8.2f}{mean(row['psnr']):>8.2f}"
-                f"{row['psnr'][0]:>8.2f}{row['psnr'][-1]:>8.2f}{mean(row['ssim']):>7.3f}"
-                f"{mean(row['psnr_shuffled_actions']):>10.2f}{mean(row['action_gap_db']):>8.2f}"
-                f"{row['action_gap_db'][0]:>7.2f}{mean(row['sharpness_ratio']):>7.2f}")
+    rows = [(stage, row) for stage in STAGES for row in result[stage]]
+    if "reference" in result:  # true latents as its context: signal 1, no K
+        rows.append(("reference", {"k": "-", "context_signal": 1.0, **result["reference"]}))
+    for stage, row in rows:
+        lines.append(
+            f"{stage:<9}{row['k']:>3}{row['context_signal']:>8.2f}{mean(row['psnr']):>8.2f}"
+            f"{row['psnr'][0]:>8.2f}{row['psnr'][-1]:>8.2f}{mean(row['ssim']):>7.3f}"
+            f"{mean(row['psnr_shuffled_actions']):>10.2f}{mean(row['action_gap_db']):>8.2f}"
+            f"{row['action_gap_db'][0]:>7.2f}{mean(row['sharpness_ratio']):>7.2f}")
     return "\n".join(lines)
 
 
@@ -184,6 +234,9 @@ def define_flags() -> dict:
                                      "context signal levels"),
         "rollouts": flags.DEFINE_integer("rollouts", None,
                                          "eval clips to use (default eval.rollouts)"),
+        "reference_steps": flags.DEFINE_integer(
+            "reference_steps", 0, "train the MLP reference (dynamics/reference.py) this many "
+            "steps and add its teacher-forced row (0: no reference)", lower_bound=0),
     }
 
 
@@ -203,7 +256,8 @@ def main(argv, options: dict):
     ks = _numbers("ks", options["ks"].value, int)
     signals = _numbers("signals", options["signals"].value, float)
     ctx = load_context(workdir, rollouts=options["rollouts"].value)
-    result = diagnose(ctx, ks=ks, signals=signals)
+    result = diagnose(ctx, ks=ks, signals=signals,
+                      reference_steps=options["reference_steps"].value)
     print(table(result))
     path = options["json"].value or os.path.join(workdir, "eval", "diagnose.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

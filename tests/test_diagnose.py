@@ -52,7 +52,8 @@ def test_settings_grid_varies_k_then_signal():
 def test_breakdown_on_a_tiny_run(evaluated_run, capsys):
     workdir, config, summary = evaluated_run
     ev = config.eval
-    result = diagnose(load_context(workdir), ks=(1, ev.sampling_steps), signals=(1.0,))
+    result = diagnose(load_context(workdir), ks=(1, ev.sampling_steps), signals=(1.0,),
+                      reference_steps=5)
     assert result["settings"]["rollouts"] == ev.rollouts
     assert set(result["tokenizer"]) == {"tokenizer.psnr", "tokenizer.ssim"}
     np.testing.assert_allclose(result["tokenizer"]["tokenizer.psnr"], summary["tokenizer.psnr"],
@@ -77,7 +78,15 @@ def test_breakdown_on_a_tiny_run(evaluated_run, capsys):
         assert one_step["psnr"][0] == pytest.approx(rollout["psnr"][0], abs=1e-3)
     np.testing.assert_allclose(result["copy_last"]["psnr"], summary["rollout.psnr_copy_last"],
                                rtol=1e-9)
+    # the one-step baseline guesses frame C from frame C - 1, as copy-last does at step 1
+    assert len(result["copy_previous"]["psnr"]) == ev.horizon
+    assert result["copy_previous"]["psnr"][0] == pytest.approx(result["copy_last"]["psnr"][0])
+    reference = result["reference"]
+    assert reference["steps"] == 5 and all(len(reference[key]) == ev.horizon for key in (
+        "psnr", "ssim", "psnr_shuffled_actions", "action_gap_db", "sharpness_ratio"))
     print(table(result))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("tokenizer: PSNR") and len(lines) == 2 + 2 * len(grid)
+    lines = [line for line in lines if not line.startswith("[")]  # progress lines
+    assert lines[0].startswith("tokenizer: PSNR") and len(lines) == 3 + 2 * len(grid)
+    assert lines[-1].startswith("reference")
     json.dumps(result)  # JSON-ready
