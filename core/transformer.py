@@ -125,11 +125,14 @@ class AxialTransformer(eqx.Module):
         *,
         space_mask: Bool[Array, "tokens tokens"] | None = None,
         time_mask: Bool[Array, "batch time time"] | None = None,
+        time_positions: Int[Array, " time"] | None = None,
     ) -> Float[Array, "batch time tokens width"]:
         """`time_mask[b, i, j]` further restricts which frames a frame sees (e.g. identity for
-        sequences trained as separate images). Frames take time positions 0..time-1."""
+        sequences trained as separate images). Frames take time positions 0..time-1 unless
+        `time_positions` gives them (RoPE; causality stays by sequence order)."""
         tokens, time = x.shape[2], x.shape[1]
-        positions = jnp.arange(time, dtype=jnp.int32)
+        positions = (jnp.arange(time, dtype=jnp.int32) if time_positions is None
+                     else time_positions)
         if time_mask is not None:
             time_mask = jnp.repeat(time_mask, tokens, axis=0)  # rows ordered (batch, token)
 

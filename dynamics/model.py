@@ -208,11 +208,13 @@ class Dynamics(eqx.Module):
         has_action: Bool[Array, "batch time"],
         *,
         time_mask: Bool[Array, "batch time time"] | None = None,
+        time_positions: Int[Array, " time"] | None = None,
     ) -> tuple[Float[Array, "batch time latents dim"], Features]:
         """(clean-latent prediction for every frame, features per group); actions in the model
-        convention."""
+        convention; `time_mask` / `time_positions`: see `AxialTransformer.__call__`."""
         h = self.transformer(self.embed(z, tau, d, actions, has_action),
-                             space_mask=self.space_mask(), time_mask=time_mask)
+                             space_mask=self.space_mask(), time_mask=time_mask,
+                             time_positions=time_positions)
         return self.read(h)
 
     def init_caches(self, batch: int, capacity: int, dtype=None) -> tuple[KVCache, ...]:

@@ -43,6 +43,7 @@ shortcut 0.051-0.058 vs MeanFlow 0.064-0.070. On this problem MeanFlow buys no 1
 and loses more at K = 4, so shortcut forcing stays the default.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
@@ -90,12 +91,47 @@ def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
     return is_image, jnp.where(is_image[:, None, None], eye, jnp.ones_like(eye))
 
 
-def _predict(model: Dynamics, z, tau, d, actions, has_action, time_mask):
+class ContextTwins(eqx.Module):
+    """The model with a context twin before every frame (`twin_signal` in `dynamics_loss`).
+
+    Frames in order [twin 0 .. twin T-1, frame 0 .. frame T-1], both copies of frame t at time
+    position t: twin t sees twins 0..t (as the model sees committed context), frame t sees twins
+    0..t-1 and itself (as a frame being sampled sees the cache), both within the row's
+    `time_mask`. Returns what the model returns, for the frames only."""
+
+    model: Dynamics
+    twins: Float[Array, "batch time latents dim"]  # standardised twin inputs at `level`
+    level: float = eqx.field(static=True)
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def __call__(self, z, tau, d, actions, has_action, *, time_mask=None):
+        batch, time = tau.shape
+        index = jnp.arange(time)
+        allowed = (jnp.ones((batch, time, time), bool) if time_mask is None else time_mask)
+        causal = (index[:, None] >= index[None, :])[None]
+        before = (index[:, None] > index[None, :])[None]
+        own = jnp.broadcast_to(jnp.eye(time, dtype=bool), allowed.shape)
+        mask = jnp.concatenate([
+            jnp.concatenate([allowed & causal, jnp.zeros_like(own)], axis=2),
+            jnp.concatenate([allowed & before, own], axis=2)], axis=1)
+        twice = lambda a, b: jnp.concatenate([a, b], axis=1)
+        prediction, features = self.model(
+            twice(self.twins, z), twice(jnp.full_like(tau, self.level), tau),
+            twice(jnp.full_like(d, 1.0 / self.model.config.k_max), d), twice(actions, actions),
+            twice(has_action, has_action), time_mask=mask,
+            time_positions=jnp.concatenate([index, index]).astype(jnp.int32))
+        return prediction[:, time:], jax.tree.map(lambda f: f[:, time:], features)
+
+
+def _predict(model: Dynamics | ContextTwins, z, tau, d, actions, has_action, time_mask):
     """The clean-latent prediction alone (the loss does not use the group features)."""
     return model(z, tau, d, actions, has_action, time_mask=time_mask)[0]
 
 
-def bootstrap_target(model: Dynamics, z_tau, tau, d, actions, has_action, time_mask):
+def bootstrap_target(model: Dynamics | ContextTwins, z_tau, tau, d, actions, has_action, time_mask):
     """sg(z_tau + (1 - tau) (b1 + b2) / 2) from two half steps of size d / 2."""
     half = d / 2
     b1 = (_predict(model, z_tau, tau, half, actions, has_action, time_mask) - z_tau) / _frames(
@@ -106,7 +142,7 @@ def bootstrap_target(model: Dynamics, z_tau, tau, d, actions, has_action, time_m
     return jax.lax.stop_gradient(z_tau + _frames(1.0 - tau) * (b1 + b2) / 2)
 
 
-def meanflow_prediction_and_target(model: Dynamics, z_tau, tau, d, velocity, actions,
+def meanflow_prediction_and_target(model: Dynamics | ContextTwins, z_tau, tau, d, velocity, actions,
                                    has_action, time_mask):
     """(z1_hat, sg(x-space MeanFlow target)); the target is z1 wherever d = 0."""
 
@@ -134,6 +170,7 @@ def dynamics_loss(
     image_fraction: float = 0.3,
     action_dropout: float = 0.0,
     context_fraction: float = 0.0,
+    twin_signal: float = 0.0,
     with_features: bool = False,
 ):
     """(weighted x-space loss in standardised units, metrics); tokenizer latents, actions in the
@@ -160,17 +197,24 @@ def dynamics_loss(
         use_mean = jax.random.uniform(k_mean, (batch, time)) < mean_fraction
         d = jnp.where(use_mean, jax.random.uniform(k_span, (batch, time)) * (1.0 - tau), 0.0)
     z_tau = _frames(1.0 - tau) * z0 + _frames(tau) * latents
+    if twin_signal:  # every frame a target behind a context of twins (see ContextTwins)
+        twins = ((1.0 - twin_signal) * jax.random.normal(jax.random.fold_in(key, 3), latents.shape)
+                 + twin_signal * latents)
+        network = lambda rows=slice(None): ContextTwins(model, twins[rows], twin_signal)
+    else:
+        network = lambda rows=slice(None): model
 
     if objective == "meanflow":
         prediction, target = meanflow_prediction_and_target(
-            model, z_tau, tau, d, latents - z0, actions, has_action, time_mask)
+            network(), z_tau, tau, d, latents - z0, actions, has_action, time_mask)
     else:
-        prediction, features = model(z_tau, tau, d, actions, has_action, time_mask=time_mask)
+        prediction, features = network()(z_tau, tau, d, actions, has_action,
+                                         time_mask=time_mask)
         target = latents
         if bootstrap_rows:
             rows = slice(0, bootstrap_rows)
-            teacher = bootstrap_target(model, z_tau[rows], tau[rows], d[rows], actions[rows],
-                                       has_action[rows], time_mask[rows])
+            teacher = bootstrap_target(network(rows), z_tau[rows], tau[rows], d[rows],
+                                       actions[rows], has_action[rows], time_mask[rows])
             target = jnp.concatenate([teacher, latents[bootstrap_rows:]], axis=0)
     per_frame = jnp.mean(jnp.square(prediction - target), axis=(2, 3))
     weighted = ramp_weight(tau) * per_frame

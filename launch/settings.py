@@ -238,6 +238,9 @@ def dynamics_problems(config, device_count: int) -> list[str]:
     found += _training_problems(config, "dynamics", device_count)
     if not 0 <= config.train.dynamics.bootstrap_fraction <= 1:
         found.append("config.train.dynamics.bootstrap_fraction must lie in [0, 1].")
+    if not 0 <= config.train.dynamics.twin_signal <= 1:
+        found.append(f"config.train.dynamics.twin_signal must lie in [0, 1] (0: off), got "
+                     f"{config.train.dynamics.twin_signal}.")
     for name in ("action_dropout", "context_fraction"):
         if not 0 <= config.train.dynamics[name] < 1:
             found.append(f"config.train.dynamics.{name} must lie in [0, 1), got "

@@ -282,7 +282,8 @@ def dynamics_loss_fn(config):
     return dynamics_train.loss_fn(objective=train.objective, mean_fraction=train.mean_fraction,
                                   image_fraction=train.image_fraction,
                                   action_dropout=train.action_dropout,
-                                  context_fraction=train.context_fraction)
+                                  context_fraction=train.context_fraction,
+                                  twin_signal=train.twin_signal)
 
 
 def new_dynamics_state(config, work: Workdir):

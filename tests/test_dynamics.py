@@ -220,6 +220,22 @@ def test_context_fraction_moves_flow_frames_to_the_cleanest_level():
     assert loss(context_fraction=0.9) != pytest.approx(loss(), rel=1e-6)
 
 
+def test_context_twins_predict_each_frame_behind_its_twins():
+    """Frame t of a ContextTwins pass equals the plain model on [twin 0 .. twin t-1, frame t]:
+    what sampling frame t after a committed context of twins computes."""
+    model, (z1, actions, has) = _model(seed=3, depth=4), _batch(b=2, t=5, seed=4)
+    rng = np.random.default_rng(5)
+    twins = jnp.asarray(rng.normal(size=z1.shape), jnp.float32)
+    tau = jnp.asarray(rng.integers(0, 8, size=has.shape) / 8, jnp.float32)
+    d = jnp.full(has.shape, 1 / 8)
+    got, _ = objectives.ContextTwins(model, twins, 0.875)(z1, tau, d, actions, has)
+    for t in range(5):
+        z = jnp.concatenate([twins[:, :t], z1[:, t:t + 1]], axis=1)
+        levels = jnp.concatenate([jnp.full((2, t), 0.875), tau[:, t:t + 1]], axis=1)
+        want, _ = model(z, levels, d[:, :t + 1], actions[:, :t + 1], has[:, :t + 1])
+        np.testing.assert_allclose(got[:, t], want[:, t], rtol=2e-4, atol=2e-5)
+
+
 def test_generation_standardises_context_and_output():
     """A model with latent statistics (m, s) generates m + s x what the same weights without
     them generate from the standardised context."""
