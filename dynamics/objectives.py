@@ -24,12 +24,14 @@ carry no action. With `action_dropout` > 0 each frame of the other rows also los
 (the "no action" embedding) with that probability: the model then also predicts a frame whose
 last action is unknown, the reference that action guidance (`dynamics.sampler`) steers away from.
 
-`context_fraction` > 0 sets that share of the flow rows' frames to the cleanest level of the
-grid, 1 - 1/k_max (a context frame as sampling sees it). With independent uniform levels, a frame
-at a low level rarely has two near-clean frames just before it (1 in 25 at tau >= 0.8), yet that
-is how every frame is sampled: after its context, from noise. In worlds with momentum, where the
-next frame follows from the motion between the last two (a torque-driven arm), the model then
-does not learn to carry the motion on (BENCHMARKS.md, "Levers").
+Under diffusion forcing a frame at a low level rarely has two near-clean frames just before it
+(about 1 in 25 at tau >= 0.8), yet sampling always gives it a near-clean context; in worlds with
+momentum the next frame follows from the motion between the last two. Two options aim at that,
+both off by default: `context_fraction` > 0 moves that share of the flow rows' frames to the
+cleanest grid level 1 - 1/k_max; `twin_signal` > 0 runs every row with a context twin per frame
+(`ContextTwins`, at that signal level, twice the tokens), so every frame is a target behind a
+context like the one sampling commits. On reacher the twins lift the teacher-forced next frame
+by 0.5-0.9 dB at equal wall time, `context_fraction` does not (BENCHMARKS.md, the suite).
 
 Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
 batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
