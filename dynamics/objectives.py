@@ -31,7 +31,8 @@ both off by default: `context_fraction` > 0 moves that share of the flow rows' f
 cleanest grid level 1 - 1/k_max; `twin_signal` > 0 runs every row with a context twin per frame
 (`ContextTwins`, at that signal level, twice the tokens), so every frame is a target behind a
 context like the one sampling commits. On reacher the twins lift the teacher-forced next frame
-by 0.5-0.9 dB at equal wall time, `context_fraction` does not (BENCHMARKS.md, the suite).
+by 0.5-0.9 dB at equal wall time and `context_fraction` does not; on CALVIN small the twins lose
+0.2 dB of rollout PSNR and 0.4 dB of action gap at equal time (BENCHMARKS.md).
 
 Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
 batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
