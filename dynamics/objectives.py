@@ -106,10 +106,6 @@ class ContextTwins(eqx.Module):
     twins: Float[Array, "batch time latents dim"]  # standardised twin inputs at `level`
     level: float = eqx.field(static=True)
 
-    @property
-    def config(self):
-        return self.model.config
-
     def __call__(self, z, tau, d, actions, has_action, *, time_mask=None):
         batch, time = tau.shape
         index = jnp.arange(time)
