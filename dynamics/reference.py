@@ -116,3 +116,21 @@ def one_step(model: NextLatentMLP, latents: Float[Array | np.ndarray, "clips tim
     latents = jnp.asarray(latents)
     guesses = [model(*triples(latents, features, t)[:2]) for t in range(context, latents.shape[1])]
     return jnp.stack(guesses, axis=1)
+
+
+def rollout(model: NextLatentMLP, latents: Float[Array | np.ndarray, "clips time latents dim"],
+            actions: Array | np.ndarray, has_action: Bool[Array | np.ndarray, "clips time"],
+            spec: ActionSpec, *, context: int) -> Float[Array, "clips horizon latents dim"]:
+    """Autoregressive guesses of frames context .. time - 1: from the true latents of the first
+    `context` frames, each guess becomes the history of the next (the actions are all given)."""
+    if context < HISTORY:
+        raise ValueError(f"the reference rollout needs at least {HISTORY} context frames, "
+                         f"got {context}.")
+    features = action_features(jnp.asarray(actions), jnp.asarray(has_action), spec)
+    history = jnp.asarray(latents)[:, context - HISTORY:context]
+    guesses = []
+    for t in range(context, features.shape[1]):
+        guess = model(history, features[:, t - HISTORY + 1:t + 1])
+        guesses.append(guess)
+        history = jnp.concatenate([history[:, 1:], guess[:, None]], axis=1)
+    return jnp.stack(guesses, axis=1)

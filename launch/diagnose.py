@@ -16,7 +16,9 @@ context signal reproduces summary.json's rollout.psnr):
 - reference (with `--reference_steps=N` > 0): `dynamics.reference.NextLatentMLP` trained N Adam
   steps on the training latents, teacher-forced like one_step, with real and shuffled actions:
   how much of the next frame the latents carry, for a plain regressor (about a minute per 1000
-  steps on 2 CPU cores);
+  steps on 2 CPU cores); and reference_rollout, the same regressor rolled out from the C context
+  latents on its own guesses (`reference.rollout`): what a deterministic latent model reaches
+  over the horizon, and how far the actions move it, without any diffusion;
 each for every K in `--ks` at the eval context signal, and every signal in `--signals` at the
 eval K (the context frames are re-noised to that signal level: 1.0 is clean), all with the run's
 action guidance (config.eval.action_guidance), with real and with
@@ -142,8 +144,16 @@ def reference_frames(ctx: EvalContext, *, steps: int) -> dict:
         return batched(guess, ctx.latents, actions, ctx.has_action, batch=ctx.config.eval.batch,
                        what=f"reference ({what})")
 
-    return {"real": frames(ctx.actions, "real"), "shuffled": frames(ctx.shuffled_actions,
-                                                                     "shuffled")}
+    def rollouts(actions, what):
+        rolled = lambda _, z, a, h: decode(ctx.tokenizer, jnp.concatenate(
+            [z[:, :context], reference.rollout(model, z, a, h, spec, context=context)], axis=1))
+        return batched(rolled, ctx.latents, actions, ctx.has_action,
+                       batch=ctx.config.eval.batch, what=f"reference rollouts ({what})")
+
+    return {"reference": {"real": frames(ctx.actions, "real"),
+                          "shuffled": frames(ctx.shuffled_actions, "shuffled")},
+            "reference_rollout": {"real": rollouts(ctx.actions, "real"),
+                                  "shuffled": rollouts(ctx.shuffled_actions, "shuffled")}}
 
 
 def settings_grid(ks, signals, eval_k: int, eval_signal: float, k_max: int):
@@ -188,15 +198,15 @@ def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS, reference_steps: int =
                                      np.asarray(truth[:, context:])))
     result["copy_previous"] = {"psnr": previous.mean(axis=0).tolist()}
     if reference_steps:
-        guesses = reference_frames(ctx, steps=reference_steps)
-        metrics = rollout_metrics(truth, guesses["real"], guesses["shuffled"],
-                                  ctx.reconstruction, context=context)
-        psnr, other = metrics["rollout.psnr"], metrics["rollout.psnr_shuffled_actions"]
-        result["reference"] = {
-            "steps": reference_steps, "psnr": psnr, "ssim": metrics["rollout.ssim"],
-            "psnr_shuffled_actions": other,
-            "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
-            "sharpness_ratio": metrics["rollout.sharpness_ratio"]}
+        for name, guesses in reference_frames(ctx, steps=reference_steps).items():
+            metrics = rollout_metrics(truth, guesses["real"], guesses["shuffled"],
+                                      ctx.reconstruction, context=context)
+            psnr, other = metrics["rollout.psnr"], metrics["rollout.psnr_shuffled_actions"]
+            result[name] = {
+                "steps": reference_steps, "psnr": psnr, "ssim": metrics["rollout.ssim"],
+                "psnr_shuffled_actions": other,
+                "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
+                "sharpness_ratio": metrics["rollout.sharpness_ratio"]}
     return result
 
 
@@ -208,14 +218,15 @@ def table(result: dict) -> str:
              f"copy last frame: PSNR {mean(result['copy_last']['psnr']):.2f} dB (mean over "
              f"{result['settings']['horizon']} steps), copy previous true frame: PSNR "
              f"{mean(result['copy_previous']['psnr']):.2f} dB (the one-step baseline)",
-             f"{'stage':<9}{'K':>3}{'signal':>8}{'PSNR':>8}{'step 1':>8}{'last':>8}{'SSIM':>7}"
+             f"{'stage':<11}{'K':>3}{'signal':>8}{'PSNR':>8}{'step 1':>8}{'last':>8}{'SSIM':>7}"
              f"{'shuffled':>10}{'gap dB':>8}{'gap 1':>7}{'sharp':>7}"]
     rows = [(stage, row) for stage in STAGES for row in result[stage]]
-    if "reference" in result:  # true latents as its context: signal 1, no K
-        rows.append(("reference", {"k": "-", "context_signal": 1.0, **result["reference"]}))
+    for name, label in (("reference", "ref 1-step"), ("reference_rollout", "ref roll")):
+        if name in result:  # true latents as its context: signal 1, no K
+            rows.append((label, {"k": "-", "context_signal": 1.0, **result[name]}))
     for stage, row in rows:
         lines.append(
-            f"{stage:<9}{row['k']:>3}{row['context_signal']:>8.2f}{mean(row['psnr']):>8.2f}"
+            f"{stage:<11}{row['k']:>3}{row['context_signal']:>8.2f}{mean(row['psnr']):>8.2f}"
             f"{row['psnr'][0]:>8.2f}{row['psnr'][-1]:>8.2f}{mean(row['ssim']):>7.3f}"
             f"{mean(row['psnr_shuffled_actions']):>10.2f}{mean(row['action_gap_db']):>8.2f}"
             f"{row['action_gap_db'][0]:>7.2f}{mean(row['sharpness_ratio']):>7.2f}")

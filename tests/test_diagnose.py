@@ -81,12 +81,15 @@ def test_breakdown_on_a_tiny_run(evaluated_run, capsys):
     # the one-step baseline guesses frame C from frame C - 1, as copy-last does at step 1
     assert len(result["copy_previous"]["psnr"]) == ev.horizon
     assert result["copy_previous"]["psnr"][0] == pytest.approx(result["copy_last"]["psnr"][0])
-    reference = result["reference"]
-    assert reference["steps"] == 5 and all(len(reference[key]) == ev.horizon for key in (
-        "psnr", "ssim", "psnr_shuffled_actions", "action_gap_db", "sharpness_ratio"))
+    for name in ("reference", "reference_rollout"):
+        assert result[name]["steps"] == 5 and all(len(result[name][key]) == ev.horizon for key in (
+            "psnr", "ssim", "psnr_shuffled_actions", "action_gap_db", "sharpness_ratio"))
+    # its rollout starts from the true context: step 1 is the teacher-forced guess
+    assert result["reference_rollout"]["psnr"][0] == pytest.approx(
+        result["reference"]["psnr"][0], abs=1e-3)
     print(table(result))
     lines = capsys.readouterr().out.splitlines()
     lines = [line for line in lines if not line.startswith("[")]  # progress lines
-    assert lines[0].startswith("tokenizer: PSNR") and len(lines) == 3 + 2 * len(grid)
-    assert lines[-1].startswith("reference")
+    assert lines[0].startswith("tokenizer: PSNR") and len(lines) == 4 + 2 * len(grid)
+    assert lines[-2].startswith("ref 1-step") and lines[-1].startswith("ref roll")
     json.dumps(result)  # JSON-ready

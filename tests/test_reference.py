@@ -1,6 +1,7 @@
 """The MLP reference (dynamics/reference.py): its action inputs by hand, and on a world with
 momentum and a known closed form it learns what copying the previous frame cannot."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,3 +47,35 @@ def test_reference_learns_momentum_and_the_action():
     assert guess.shape == truth.shape
     assert mse(guess) < 0.05 * copy_previous  # it carries the motion on
     assert mse(guess) < 0.2 * mse(shuffled)  # and reads the action
+
+
+def test_rollout_feeds_its_own_guesses():
+    """A reference whose MLP outputs zero guesses z[t - 1]: teacher-forced that is copying the
+    previous true frame, in a rollout it is copying the last context frame (hand-computed)."""
+    spec = ActionSpec("continuous", dim=2)
+    zt, at, ht = _momentum_world(np.random.default_rng(2), clips=4, time=8)
+    model = reference.NextLatentMLP(2, 3, hidden=8, key=jax.random.key(0))
+    last = model.layers[-1]
+    model = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), model,
+                        (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+    context = 3
+    np.testing.assert_array_equal(reference.one_step(model, zt, at, ht, spec, context=context),
+                                  zt[:, context - 1:-1])
+    np.testing.assert_array_equal(reference.rollout(model, zt, at, ht, spec, context=context),
+                                  np.broadcast_to(zt[:, context - 1:context], zt[:, 3:].shape))
+
+
+def test_reference_rollout_carries_the_motion():
+    """Fitted on the momentum world, its rollout stays far closer to the truth than holding the
+    last context frame, and its first step is the teacher-forced guess."""
+    spec = ActionSpec("continuous", dim=2)
+    z, a, has = _momentum_world(np.random.default_rng(0))
+    model = reference.fit(z, a, has, spec, steps=400, key=jax.random.key(0), batch=128,
+                          hidden=64, lr=3e-3)
+    zt, at, ht = _momentum_world(np.random.default_rng(1), clips=32)
+    context = 4
+    rolled = np.asarray(reference.rollout(model, zt, at, ht, spec, context=context))
+    forced = np.asarray(reference.one_step(model, zt, at, ht, spec, context=context))
+    np.testing.assert_allclose(rolled[:, 0], forced[:, 0], rtol=1e-6, atol=1e-6)
+    mse = lambda x: float(np.mean(np.square(x - zt[:, context:])))
+    assert mse(rolled) < 0.1 * mse(np.broadcast_to(zt[:, context - 1:context], rolled.shape))
