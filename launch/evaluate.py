@@ -267,8 +267,10 @@ def print_summary(summary: dict, paths: list[str]) -> None:
     """The metrics present in `summary`, a few lines per evaluator, then the files written."""
     mean = lambda key: float(np.mean(summary[key]))
     if "tokenizer.psnr" in summary:
+        sharpness = summary.get("tokenizer.sharpness_ratio")
         print(f"[eval] tokenizer PSNR {summary['tokenizer.psnr']:.2f} dB, SSIM "
-              f"{summary['tokenizer.ssim']:.3f}")
+              f"{summary['tokenizer.ssim']:.3f}, sharpness "
+              f"{'n/a' if sharpness is None else f'{sharpness:.2f}'}")
     if "rollout.psnr" in summary:
         print(f"[eval] rollouts ({summary['rollout.count']} x {summary['rollout.horizon']} "
               f"steps, K={summary['rollout.sampling_steps']}): mean PSNR model "

@@ -63,9 +63,15 @@ def _ssim(a, b) -> np.ndarray:
 
 @jaxtyped(typechecker=beartype)
 def tokenizer_metrics(truth: Frames, reconstruction: Frames) -> dict:
-    """Mean per-frame PSNR (capped) and SSIM of the reconstruction over every frame."""
+    """Mean per-frame PSNR (capped) and SSIM of the reconstruction over every frame, and its
+    sharpness ratio (mean |Laplacian| of the reconstruction over that of the truth, both over
+    every frame; None for flat frames): the ceiling of `rollout.sharpness_ratio` for a model whose
+    latents were perfect."""
+    edges = float(np.mean(mean_abs_laplacian(truth)))
     return {"tokenizer.psnr": float(np.mean(capped_psnr(frame_mse(reconstruction, truth)))),
-            "tokenizer.ssim": float(np.mean(_ssim(reconstruction, truth)))}
+            "tokenizer.ssim": float(np.mean(_ssim(reconstruction, truth))),
+            "tokenizer.sharpness_ratio": (float(np.mean(mean_abs_laplacian(reconstruction))) / edges
+                                          if edges > 0 else None)}
 
 
 @jaxtyped(typechecker=beartype)

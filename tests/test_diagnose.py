@@ -55,7 +55,8 @@ def test_breakdown_on_a_tiny_run(evaluated_run, capsys):
     result = diagnose(load_context(workdir), ks=(1, ev.sampling_steps), signals=(1.0,),
                       reference_steps=5)
     assert result["settings"]["rollouts"] == ev.rollouts
-    assert set(result["tokenizer"]) == {"tokenizer.psnr", "tokenizer.ssim"}
+    assert set(result["tokenizer"]) == {"tokenizer.psnr", "tokenizer.ssim",
+                                        "tokenizer.sharpness_ratio"}
     np.testing.assert_allclose(result["tokenizer"]["tokenizer.psnr"], summary["tokenizer.psnr"],
                                rtol=1e-9)
     grid = [(1, ev.context_signal), (ev.sampling_steps, ev.context_signal),

@@ -15,7 +15,8 @@ from configs import calvin
 from dynamics import ActionSpec, Dynamics, generate
 from launch import evaluators, settings
 from launch.evaluate import EvalContext, print_summary, run_evaluators
-from launch.metrics import PSNR_CAP, capped_psnr, mean_abs_laplacian, rollout_metrics
+from launch.metrics import (PSNR_CAP, capped_psnr, mean_abs_laplacian, rollout_metrics,
+                            tokenizer_metrics)
 from launch.report import plot_curves
 from tokenizer import Tokenizer
 
@@ -109,6 +110,10 @@ def test_sharpness_ratio_of_bright_pixels_by_hand():
     got = rollout_metrics(truth, imagined, imagined, truth, context=1)
     assert got["rollout.sharpness_ratio"][0] == pytest.approx((4 + 0) / (8 + 16), rel=1e-12)
     assert got["rollout.sharpness_ratio"][1] is None
+    # the tokenizer's ratio is of means over every frame: (4 + 0 + 0 + 0) / (8 + 0 + 16 + 0)
+    tok = tokenizer_metrics(truth, imagined)
+    assert tok["tokenizer.sharpness_ratio"] == pytest.approx(4 / 24, rel=1e-12)
+    assert tokenizer_metrics(imagined * 0, imagined)["tokenizer.sharpness_ratio"] is None
 
 
 def test_rollout_metrics_reject_bad_context_and_shapes():
