@@ -136,7 +136,7 @@ def small_cpu_sizes(config, *, image_size, patch: int) -> None:
                                  dec_time_every=2, p_max=0.25))
     config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
                                 registers=2, k_max=16))
-    config.train.tokenizer.update(dict(steps=2000, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
+    config.train.tokenizer.update(dict(steps=2600, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
                                        warmup_steps=50, decay_steps=500, checkpoint_every=500,
                                        log_every=100))
     # The dynamics recipe measured on the simulator (BENCHMARKS.md, "Levers"): Muon on the
