@@ -16,7 +16,7 @@ small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling throug
 (`data.coinrun_levels`; held-out episodes replay those levels with other random actions: a model
 trained for minutes on 2 CPU cores cannot generalise to unseen level themes); dynamics 4000 steps
 at learning rate 2e-3 with every small variant's recipe (Muon, 10% hidden actions, guidance 1.5,
-K = 1); evaluated on 48 held-out rollouts; about 27 minutes in all (BENCHMARKS.md).
+K = 1); evaluated on 48 held-out rollouts; about 25 minutes in all (BENCHMARKS.md).
 tiny: for tests.
 """
 
