@@ -19,7 +19,8 @@ from launch.probe import fit_probe, fitting_clips, probe_metrics
 
 
 def tokenizer_evaluator(ctx) -> dict:
-    """tokenizer.psnr / .ssim / .sharpness_ratio: the reconstruction of every frame of the eval windows."""
+    """tokenizer.psnr / .ssim / .sharpness_ratio: the reconstruction of every frame of the eval
+    windows."""
     return tokenizer_metrics(ctx.truth, ctx.reconstruction)
 
 

@@ -30,7 +30,8 @@ from launch.trainer import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUMMARY_KEYS = {
-    "tokenizer.psnr", "tokenizer.ssim", "tokenizer.sharpness_ratio", "rollout.psnr", "rollout.ssim", "rollout.psnr_copy_last",
+    "tokenizer.psnr", "tokenizer.ssim", "tokenizer.sharpness_ratio", "rollout.psnr", "rollout.ssim",
+    "rollout.psnr_copy_last",
     "rollout.ssim_copy_last", "rollout.psnr_shuffled_actions", "rollout.context_frames",
     "rollout.horizon", "rollout.sampling_steps", "speed.frames_per_second_cached",
     "speed.frames_per_second_uncached",

@@ -15,8 +15,13 @@ from configs import calvin
 from dynamics import ActionSpec, Dynamics, generate
 from launch import evaluators, settings
 from launch.evaluate import EvalContext, print_summary, run_evaluators
-from launch.metrics import (PSNR_CAP, capped_psnr, mean_abs_laplacian, rollout_metrics,
-                            tokenizer_metrics)
+from launch.metrics import (
+    PSNR_CAP,
+    capped_psnr,
+    mean_abs_laplacian,
+    rollout_metrics,
+    tokenizer_metrics,
+)
 from launch.report import plot_curves
 from tokenizer import Tokenizer
 
