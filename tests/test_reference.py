@@ -31,12 +31,17 @@ def _momentum_world(rng, clips=96, time=10):
     return z, a, np.ones((clips, time), bool)
 
 
-def test_reference_learns_momentum_and_the_action():
+def _fitted_on_momentum():
+    """(spec, the reference fitted on the momentum world, held-out clips of that world)."""
     spec = ActionSpec("continuous", dim=2)
     z, a, has = _momentum_world(np.random.default_rng(0))
     model = reference.fit(z, a, has, spec, steps=400, key=jax.random.key(0), batch=128,
                           hidden=64, lr=3e-3)
-    zt, at, ht = _momentum_world(np.random.default_rng(1), clips=32)
+    return spec, model, _momentum_world(np.random.default_rng(1), clips=32)
+
+
+def test_reference_learns_momentum_and_the_action():
+    spec, model, (zt, at, ht) = _fitted_on_momentum()
     context = 4
     truth = zt[:, context:]
     guess = np.asarray(reference.one_step(model, zt, at, ht, spec, context=context))
@@ -68,11 +73,7 @@ def test_rollout_feeds_its_own_guesses():
 def test_reference_rollout_carries_the_motion():
     """Fitted on the momentum world, its rollout stays far closer to the truth than holding the
     last context frame, and its first step is the teacher-forced guess."""
-    spec = ActionSpec("continuous", dim=2)
-    z, a, has = _momentum_world(np.random.default_rng(0))
-    model = reference.fit(z, a, has, spec, steps=400, key=jax.random.key(0), batch=128,
-                          hidden=64, lr=3e-3)
-    zt, at, ht = _momentum_world(np.random.default_rng(1), clips=32)
+    spec, model, (zt, at, ht) = _fitted_on_momentum()
     context = 4
     rolled = np.asarray(reference.rollout(model, zt, at, ht, spec, context=context))
     forced = np.asarray(reference.one_step(model, zt, at, ht, spec, context=context))
