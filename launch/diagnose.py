@@ -164,6 +164,15 @@ def settings_grid(ks, signals, eval_k: int, eval_signal: float, k_max: int):
     return list(dict.fromkeys(pairs))
 
 
+def stage_row(metrics: dict) -> dict:
+    """A breakdown row's per-step lists from `rollout_metrics`: PSNR, SSIM, shuffled actions'
+    PSNR, the action gap (real minus shuffled, dB) and the sharpness ratio."""
+    psnr, other = metrics["rollout.psnr"], metrics["rollout.psnr_shuffled_actions"]
+    return {"psnr": psnr, "ssim": metrics["rollout.ssim"], "psnr_shuffled_actions": other,
+            "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
+            "sharpness_ratio": metrics["rollout.sharpness_ratio"]}
+
+
 def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS, reference_steps: int = 0) -> dict:
     """The breakdown as a JSON-ready dict (see the module docstring)."""
     ev = ctx.config.eval
@@ -187,12 +196,7 @@ def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS, reference_steps: int =
                             what=f"shuffled, {label}")
             metrics = rollout_metrics(truth, real, shuffled, ctx.reconstruction, context=context)
             copy_last = metrics["rollout.psnr_copy_last"]
-            psnr, other = metrics["rollout.psnr"], metrics["rollout.psnr_shuffled_actions"]
-            result[stage].append({
-                "k": k, "context_signal": signal, "psnr": psnr, "ssim": metrics["rollout.ssim"],
-                "psnr_shuffled_actions": other,
-                "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
-                "sharpness_ratio": metrics["rollout.sharpness_ratio"]})
+            result[stage].append({"k": k, "context_signal": signal, **stage_row(metrics)})
     result["copy_last"] = {"psnr": copy_last}
     previous = capped_psnr(frame_mse(np.asarray(truth[:, context - 1:-1]),
                                      np.asarray(truth[:, context:])))
@@ -201,12 +205,7 @@ def diagnose(ctx: EvalContext, *, ks=KS, signals=SIGNALS, reference_steps: int =
         for name, guesses in reference_frames(ctx, steps=reference_steps).items():
             metrics = rollout_metrics(truth, guesses["real"], guesses["shuffled"],
                                       ctx.reconstruction, context=context)
-            psnr, other = metrics["rollout.psnr"], metrics["rollout.psnr_shuffled_actions"]
-            result[name] = {
-                "steps": reference_steps, "psnr": psnr, "ssim": metrics["rollout.ssim"],
-                "psnr_shuffled_actions": other,
-                "action_gap_db": [a - b for a, b in zip(psnr, other, strict=True)],
-                "sharpness_ratio": metrics["rollout.sharpness_ratio"]}
+            result[name] = {"steps": reference_steps, **stage_row(metrics)}
     return result
 
 
