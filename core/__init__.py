@@ -2,11 +2,11 @@
 
 layers (Linear, Embedding, RMSNorm, SwiGLU), attention (GQA, QK-norm, RoPE, soft-cap), masks
 (block-causal, modality), transformer (space-time axial stack), images (uint8 <-> float, PSNR,
-SSIM). Nothing here knows about datasets, configs or files.
+SSIM, Laplacian). Nothing here knows about datasets, configs or files.
 """
 
 from core.attention import Attention
-from core.images import psnr, ssim, to_float, to_uint8
+from core.images import laplacian, psnr, ssim, to_float, to_uint8
 from core.layers import COMPUTE_DTYPES, Embedding, Linear, RMSNorm, SwiGLU
 from core.masks import block_causal_mask, causal_mask, frame_mask, modality_mask
 from core.transformer import AxialTransformer, TransformerBlock
@@ -23,6 +23,7 @@ __all__ = [
     "block_causal_mask",
     "causal_mask",
     "frame_mask",
+    "laplacian",
     "modality_mask",
     "psnr",
     "ssim",

@@ -2,7 +2,8 @@
 
 `to_float` is the one place where uint8 video becomes model input (float32 in [0, 1]); `to_uint8`
 inverts it. PSNR and SSIM come from dm-pix and act on [..., height, width, channels] in [0, 1],
-returning one value per image.
+returning one value per image. `laplacian` is the 5-point Laplacian of each channel (the edges a
+blurred image loses).
 """
 
 import dm_pix
@@ -39,3 +40,12 @@ def ssim(
 ) -> Float[Array, "*batch"]:
     """Structural similarity (Gaussian window 11, sigma 1.5) for images in [0, 1]."""
     return _per_image(dm_pix.ssim, a, b)
+
+
+def laplacian(images: Float[Array, "*batch h w c"]) -> Float[Array, "*batch _h2 _w2 c"]:
+    """The 5-point Laplacian (up + down + left + right - 4 * centre) of each channel over the
+    valid interior, no padding: [..., h - 2, w - 2, c]."""
+    h, w = images.shape[-3] - 2, images.shape[-2] - 2
+    rows, cols = slice(1, 1 + h), slice(1, 1 + w)
+    return (images[..., :h, cols, :] + images[..., 2:, cols, :] + images[..., rows, :w, :]
+            + images[..., rows, 2:, :] - 4.0 * images[..., rows, cols, :])

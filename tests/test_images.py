@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 
-from core import psnr, ssim, to_float, to_uint8
+from core import laplacian, psnr, ssim, to_float, to_uint8
 
 
 def test_uint8_round_trip():
@@ -28,3 +28,22 @@ def test_ssim_identity_and_degradation():
     np.testing.assert_allclose(ssim(a, a), 1.0, rtol=1e-5)
     noisy = jnp.clip(a + 0.2 * jnp.asarray(rng.normal(size=a.shape), jnp.float32), 0, 1)
     assert float(jnp.max(ssim(a, noisy))) < 0.9
+
+
+def test_laplacian_is_the_five_point_stencil_on_the_interior():
+    """Against a float64 loop over the interior pixels, and closed forms: zero on a linear ramp
+    (x + 2y), 2 + 2 = 4 on x^2 + y^2."""
+    rng = np.random.default_rng(2)
+    a = rng.random((2, 5, 6, 3))
+    want = np.zeros((2, 3, 4, 3))
+    for i in range(1, 4):
+        for j in range(1, 5):
+            want[:, i - 1, j - 1] = (a[:, i - 1, j] + a[:, i + 1, j] + a[:, i, j - 1]
+                                     + a[:, i, j + 1] - 4 * a[:, i, j])
+    got = laplacian(jnp.asarray(a, jnp.float32))
+    assert got.shape == (2, 3, 4, 3)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    y, x = np.mgrid[:6, :7].astype(np.float32)
+    ramp, bowl = (jnp.asarray(np.stack([f] * 3, -1)) for f in (x + 2 * y, x**2 + y**2))
+    np.testing.assert_allclose(laplacian(ramp), 0.0, atol=1e-5)
+    np.testing.assert_allclose(laplacian(bowl), 4.0, atol=1e-4)

@@ -1,5 +1,5 @@
 """Causal video tokenizer: patches, shapes, exact causality, MAE masking, bottleneck range, loss
-normalisation, perceptual weights, and learning on a small generated video."""
+normalisation, perceptual weights, the edge term, and learning on a small generated video."""
 
 import time
 
@@ -15,11 +15,14 @@ from tokenizer import (
     TokenizerConfig,
     init_train_state,
     load_perceptual,
+    loss_terms,
     make_train_step,
     patchify,
     sample_mae_mask,
+    tokenizer_loss,
     unpatchify,
 )
+from tokenizer.patches import as_float
 
 SMALL = dict(image_size=(16, 16), patch=4, n_latents=4, latent_dim=8, enc_width=32, enc_depth=2,
              enc_heads=2, enc_kv_heads=1, dec_width=32, dec_depth=2, dec_heads=2, dec_kv_heads=1)
@@ -289,26 +292,45 @@ def test_train_step_normalises_terms_by_running_rms(tmp_path):
     float64 from the reported raw terms; the old state is donated."""
     np.savez(tmp_path / "w.npz", **_perceptual_arrays())
     net = load_perceptual(tmp_path / "w.npz")
-    model = _model(rms_decay=0.9, perceptual_weight=0.5)
+    model = _model(rms_decay=0.9, perceptual_weight=0.5, edge_weight=0.3)
     optimizer = optax.adam(1e-3)
     state = init_train_state(model, optimizer, perceptual=net)
     step = make_train_step(optimizer, perceptual=net)
-    video, ema = _video(t=3), {"mse": 0.0, "perceptual": 0.0}
+    video, ema = _video(t=3), {"mse": 0.0, "perceptual": 0.0, "edges": 0.0}
     for i in range(3):
         old = state
         state, metrics = step(state, video, key=jax.random.key(i))
         assert old.step.is_deleted() and not video.is_deleted()
         want = 0.0
-        for name, weight in (("mse", 1.0), ("perceptual", 0.5)):
+        for name, weight in (("mse", 1.0), ("perceptual", 0.5), ("edges", 0.3)):
             value = float(metrics[name])
             ema[name] = 0.9 * ema[name] + 0.1 * value**2
             np.testing.assert_allclose(state.loss_state[name], ema[name], rtol=1e-5)
             want += weight * value / np.sqrt(ema[name] / (1 - 0.9 ** (i + 1)))
         np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
     assert int(state.step) == 3
-    assert set(metrics) == {"loss", "mse", "perceptual", "psnr", "grad_norm", "skipped"}
+    assert set(metrics) == {"loss", "mse", "perceptual", "edges", "psnr", "grad_norm", "skipped"}
     with pytest.raises(ValueError, match="build both with the same"):
         make_train_step(optimizer)(state, video, key=jax.random.key(0))
+
+
+def test_edge_term_is_the_mean_laplacian_difference_of_the_reconstruction():
+    """The "edges" term against a float64 Laplacian of the same masked reconstruction; with
+    edge_weight 0 the term is absent."""
+    model, video, key = _model(edge_weight=0.3), _video(t=2), jax.random.key(3)
+    rms_sq = {"mse": jnp.zeros(()), "edges": jnp.zeros(())}
+    _, (metrics, _) = tokenizer_loss(model, rms_sq, jnp.zeros((), jnp.int32), video, key=key)
+    mask, _ = sample_mae_mask((2, 2, model.config.n_patches), model.config.p_max, key=key)
+    recon = np.asarray(model.decode(model.encode(as_float(video), mask=mask)), np.float64)
+    truth = np.asarray(video, np.float64) / 255.0
+
+    def lap(x):
+        return (x[..., :-2, 1:-1, :] + x[..., 2:, 1:-1, :] + x[..., 1:-1, :-2, :]
+                + x[..., 1:-1, 2:, :] - 4 * x[..., 1:-1, 1:-1, :])
+
+    np.testing.assert_allclose(metrics["edges"], np.mean(np.abs(lap(recon) - lap(truth))),
+                               rtol=1e-4)
+    assert loss_terms(_model().config, None) == ("mse",)
 
 
 def test_small_tokenizer_overfits_moving_shapes():

@@ -12,8 +12,11 @@ class TokenizerConfig:
 
     Encoder and decoder are separate axial transformers (`enc_*`, `dec_*`); a layer attends
     across time when (layer + 1) % time_every == 0. `kv_heads` sets grouped-query attention.
-    The loss is MSE / RMS(MSE) + perceptual_weight * LPIPS-like / RMS(LPIPS-like), where each
-    RMS is the square root of a bias-corrected EMA (decay `rms_decay`) of the squared term.
+    The loss is MSE / RMS(MSE) + perceptual_weight * LPIPS-like / RMS(LPIPS-like)
+    + edge_weight * edges / RMS(edges), where edges is the mean absolute difference of the
+    reconstruction's and the truth's Laplacians (a term MSE alone leaves blurred edges to), and
+    each RMS is the square root of a bias-corrected EMA (decay `rms_decay`) of the squared term.
+    A zero weight leaves its term out.
     """
 
     image_size: tuple[int, int] = (64, 64)  # (height, width)
@@ -34,6 +37,7 @@ class TokenizerConfig:
     p_max: float = 0.9
     region_skip: bool = True
     perceptual_weight: float = 0.2
+    edge_weight: float = 0.0
     rms_decay: float = 0.99
     latent_noise: float = 0.0  # training: decode latents + N(0, s^2), s ~ U(0, latent_noise)
     remat: bool = False
@@ -74,6 +78,8 @@ class TokenizerConfig:
             raise ValueError(f"p_max must be in [0, 1], got {self.p_max}.")
         if self.perceptual_weight < 0:
             raise ValueError(f"perceptual_weight must be >= 0, got {self.perceptual_weight}.")
+        if self.edge_weight < 0:
+            raise ValueError(f"edge_weight must be >= 0, got {self.edge_weight}.")
         if self.latent_noise < 0:
             raise ValueError(f"latent_noise must be >= 0, got {self.latent_noise}.")
         if not 0.0 <= self.rms_decay < 1.0:

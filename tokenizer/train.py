@@ -1,12 +1,14 @@
 """Tokenizer loss with running-RMS normalisation, on the shared `core.training` train step.
 
-Loss terms per batch: "mse" (pixel MSE of the reconstruction from MAE-masked input) and, when a
-`PerceptualNet` is given, "perceptual" (its mean distance), normalised by `core.training.
-rms_normalised` (decay `config.rms_decay`) with weight 1 for "mse" and `config.perceptual_weight`
-for "perceptual". With `config.latent_noise` > 0 the decoder reads each frame's latents plus
-Gaussian noise of a scale drawn uniformly from [0, latent_noise]: nearby latents must then decode
-to similar frames, which asks the encoder for a smoother latent space and the decoder to tolerate
-the dynamics model's small errors.
+Loss terms per batch: "mse" (pixel MSE of the reconstruction from MAE-masked input), when a
+`PerceptualNet` is given "perceptual" (its mean distance), and when `config.edge_weight` > 0
+"edges" (mean absolute difference of the reconstruction's and the truth's `core.laplacian`),
+normalised by `core.training.rms_normalised` (decay `config.rms_decay`) with weight 1 for "mse",
+`config.perceptual_weight` for "perceptual" and `config.edge_weight` for "edges". With
+`config.latent_noise` > 0 the decoder reads each frame's latents plus Gaussian noise of a scale
+drawn uniformly from [0, latent_noise]: nearby latents must then decode to similar frames, which
+asks the encoder for a smoother latent space and the decoder to tolerate the dynamics model's
+small errors.
 """
 
 import functools
@@ -17,9 +19,10 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from core import psnr
+from core import laplacian, psnr
 from core.training import TrainState, init_state, rms_normalised
 from core.training import make_train_step as make_core_step
+from tokenizer.config import TokenizerConfig
 from tokenizer.model import Tokenizer, sample_mae_mask
 from tokenizer.patches import Video, as_float
 from tokenizer.perceptual import PerceptualNet
@@ -27,8 +30,10 @@ from tokenizer.perceptual import PerceptualNet
 Metrics = dict[str, Float[Array, ""]]
 
 
-def loss_terms(perceptual: PerceptualNet | None) -> tuple[str, ...]:
-    return ("mse",) if perceptual is None else ("mse", "perceptual")
+def loss_terms(config: TokenizerConfig, perceptual: PerceptualNet | None) -> tuple[str, ...]:
+    """The names of the loss terms a tokenizer of `config` trains with."""
+    return (("mse",) + (() if perceptual is None else ("perceptual",))
+            + (("edges",) if config.edge_weight > 0 else ()))
 
 
 def init_train_state(
@@ -38,7 +43,7 @@ def init_train_state(
     perceptual: PerceptualNet | None = None,
 ) -> TrainState:
     """A `core.training.TrainState` whose loss state is the EMA of each squared loss term."""
-    rms_sq = {name: jnp.zeros((), jnp.float32) for name in loss_terms(perceptual)}
+    rms_sq = {name: jnp.zeros((), jnp.float32) for name in loss_terms(model.config, perceptual)}
     return init_state(model, optimizer, loss_state=rms_sq)
 
 
@@ -57,8 +62,11 @@ def tokenizer_loss(model: Tokenizer, rms_sq_old, step, video, *, key, perceptual
     terms = {"mse": jnp.mean(jnp.square(recon - target))}
     if perceptual is not None:
         terms["perceptual"] = jnp.mean(perceptual(recon, target))
+    if config.edge_weight > 0:
+        terms["edges"] = jnp.mean(jnp.abs(laplacian(recon) - laplacian(target)))
     total, rms_sq = rms_normalised(terms, rms_sq_old, step, decay=config.rms_decay,
-                                   weights={"perceptual": config.perceptual_weight})
+                                   weights={"perceptual": config.perceptual_weight,
+                                            "edges": config.edge_weight})
     metrics = dict(terms, loss=total, psnr=jnp.mean(psnr(jnp.clip(recon, 0.0, 1.0), target)))
     return total, (metrics, rms_sq)
 
@@ -76,10 +84,11 @@ def make_train_step(
     compiled = make_core_step(loss, optimizer)
 
     def step(state: TrainState, video: Video, *, key: PRNGKeyArray) -> tuple[TrainState, Metrics]:
-        if set(state.loss_state) != set(loss_terms(perceptual)):
+        terms = loss_terms(state.model.config, perceptual)
+        if set(state.loss_state) != set(terms):
             raise ValueError(f"train state tracks loss terms {sorted(state.loss_state)} but this "
-                             f"step computes {list(loss_terms(perceptual))}; build both with the "
-                             "same `perceptual`.")
+                             f"step computes {list(terms)}; build both with the same "
+                             "`perceptual`.")
         return compiled(state, video, key)
 
     return step
