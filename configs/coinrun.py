@@ -14,9 +14,10 @@ blocks, 12 heads, time every 4, 4 registers, K_max 128; sequences of 64; 10k epi
 memory, estimated from shapes: 3.9 GiB (tokenizer), 6.3 GiB (dynamics); not yet measured on a GPU.
 small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling through 4 levels
 (`data.coinrun_levels`; held-out episodes replay those levels with other random actions: a model
-trained for minutes on 2 CPU cores cannot generalise to unseen level themes); dynamics 4000 steps
-at learning rate 2e-3 with every small variant's recipe (Muon, 10% hidden actions, guidance 1.5,
-K = 1); evaluated on 48 held-out rollouts; about 25 minutes in all (BENCHMARKS.md).
+trained for minutes on 2 CPU cores cannot generalise to unseen level themes); every small
+variant's recipe, nothing CoinRun-specific (tokenizer 2600 steps; dynamics 2000 steps at learning
+rate 2e-3, Muon, 10% hidden actions, guidance 1.5, K = 1); evaluated on 48 held-out rollouts;
+about 18 minutes in all (BENCHMARKS.md).
 tiny: for tests.
 """
 
@@ -47,7 +48,6 @@ def get_config(variant: str | None = None):
     elif variant == "small":
         small_cpu_sizes(config, image_size=64, patch=8)
         config.data.update(dict(gen_episodes=48, gen_max_length=200, coinrun_levels=4))
-        config.train.dynamics.update(dict(steps=4000, decay_steps=800))
         config.eval.update(dict(rollouts=48))
     else:
         tiny_test_sizes(config)
