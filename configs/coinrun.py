@@ -18,6 +18,11 @@ trained for minutes on 2 CPU cores cannot generalise to unseen level themes); ev
 variant's recipe, nothing CoinRun-specific (tokenizer 2600 steps; dynamics 2000 steps at learning
 rate 2e-3, Muon, 10% hidden actions, guidance 1.5, K = 1); evaluated on 48 held-out rollouts;
 about 18 minutes in all (BENCHMARKS.md).
+Agent (`--config.stages=agent_finetune,agent_rl,agent_eval` on a finished run): the rewards are
+procgen's, recorded with the episodes (task "coin"); for data where coins are reached often
+enough to learn from, generate the main run with half the episodes played by the scripted
+player, `--config.data.coinrun_scripted=0.5`; agent_eval plays 100 frames per episode, 16 games
+at a time.
 tiny: for tests.
 """
 
@@ -28,6 +33,7 @@ def get_config(variant: str | None = None):
     variant, why = choose_variant(variant)
     config = base_config("coinrun", variant, why)
     config.data.update(dict(format="coinrun", gen_episodes=10_000, gen_max_length=1000))
+    config.agent.task = "coin"  # procgen's reward, recorded with the episodes
     if variant == "full":
         config.data.update(dict(image_size=(64, 64), clip_length=64, clip_stride=64))
         config.tokenizer.update(dict(patch=16, n_latents=16, latent_dim=32, enc_width=512,
@@ -49,6 +55,7 @@ def get_config(variant: str | None = None):
         small_cpu_sizes(config, image_size=64, patch=8)
         config.data.update(dict(gen_episodes=48, gen_max_length=200, coinrun_levels=4))
         config.eval.update(dict(rollouts=48))
+        config.agent.update(dict(eval_frames=100, eval_batch=16))
     else:
         tiny_test_sizes(config)
     return config

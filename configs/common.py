@@ -8,7 +8,8 @@ Fields (every size lives here, none in code):
   own), `normalise_actions` (standardise continuous actions per dimension with the training
   data's statistics; off: on the simulator it changed nothing measurable, BENCHMARKS.md), and the
   generators' settings (`sim_*`, `gen_episodes`, `gen_max_length`, `craftax_classic`,
-  `coinrun_levels`: distinct CoinRun levels, 0 for one per episode);
+  `coinrun_levels`: distinct CoinRun levels, 0 for one per episode; `coinrun_scripted`: the share
+  of CoinRun episodes played by a noisy scripted player instead of random actions, data/coinrun.py);
 - tokenizer: `tokenizer.TokenizerConfig` fields with its defaults (image_size comes from data),
   plus `perceptual_weights` (a local weight file for the perceptual loss; empty: none);
 - dynamics: `dynamics.DynamicsConfig` fields with its defaults (latent sizes, actions and the
@@ -23,7 +24,8 @@ Fields (every size lives here, none in code):
   comma list of names in launch/evaluators.py; `probe` gives no keys for sources without
   states), and the state probe's palette size `probe_colours` and `probe_fit_frames`;
 - agent (the stages agent_finetune, agent_rl, agent_eval; not in the default `stages`): the
-  `task` whose success detector gives the rewards (data/sim_tasks.py; sources with states), the
+  `task` whose success detector gives the rewards (data/sim_tasks.py; sources with states; where
+  the data holds rewards, as CoinRun's do, just the task's name), the
   agent tokens and heads (`agent_tokens`, `hidden`, `mtp`, `action_bins`), finetuning
   (`finetune_steps`, `finetune_lr`), imagination RL (`rl_iterations`, `rl_batch`, `rl_context`,
   `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`, `beta`) and the
@@ -96,6 +98,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         sim_train_episodes=64, sim_eval_episodes=8, sim_episode_length=120, sim_render_size=200,
         sim_frame_skip=1,
         gen_episodes=100, gen_max_length=1000, craftax_classic=True, coinrun_levels=0,
+        coinrun_scripted=0.0,
         loader_threads=2, normalise_actions=False,
     ))
     config.tokenizer = ml_collections.ConfigDict(

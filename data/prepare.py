@@ -41,6 +41,8 @@ _GEN_EPISODES = flags.DEFINE_integer("gen_episodes", 100, "coinrun/craftax: epis
 _GEN_MAX_LENGTH = flags.DEFINE_integer("gen_max_length", 1000, "coinrun/craftax: frames at most")
 _CRAFTAX_CLASSIC = flags.DEFINE_bool("craftax_classic", True, "craftax: Classic (else full)")
 _COINRUN_LEVELS = flags.DEFINE_integer("coinrun_levels", 0, "coinrun: levels (0: one per episode)")
+_COINRUN_SCRIPTED = flags.DEFINE_float(
+    "coinrun_scripted", 0.0, "coinrun: share of episodes played by the scripted player")
 
 
 def main(argv):
@@ -55,7 +57,7 @@ def main(argv):
         seed=_SEED.value, workers=_WORKERS.value, eval_fraction=_EVAL_FRACTION.value,
         skip_bad=_SKIP_BAD.value, sim=sim, episodes=_GEN_EPISODES.value,
         max_length=_GEN_MAX_LENGTH.value, craftax_classic=_CRAFTAX_CLASSIC.value,
-        coinrun_levels=_COINRUN_LEVELS.value,
+        coinrun_levels=_COINRUN_LEVELS.value, coinrun_scripted=_COINRUN_SCRIPTED.value,
     )
     splits = source_splits(_FORMAT.value, _PATH.value, options, image_size)
     settings = ClipSettings(_LENGTH.value, _STRIDE.value, image_size, _CLIPS_PER_SHARD.value)

@@ -40,7 +40,8 @@ class SourceOptions:
     `seed` (held-out split and generators), `workers`, `eval_fraction` (sources without their
     own held-out split), `skip_bad`; `sim` (the simulator's settings; default: its defaults
     with `seed`); `episodes` and `max_length` (CoinRun, Craftax); `craftax_classic`;
-    `coinrun_levels` (0: a new level per episode)."""
+    `coinrun_levels` (0: a new level per episode) and `coinrun_scripted` (the share of CoinRun
+    episodes played by the scripted player, data/coinrun.py)."""
 
     seed: int = 0
     workers: int = 1
@@ -51,6 +52,7 @@ class SourceOptions:
     max_length: int = 1000
     craftax_classic: bool = True
     coinrun_levels: int = 0
+    coinrun_scripted: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +101,8 @@ def _generate_sim(path: str, options: SourceOptions) -> tuple[int, int]:
 
 def _generate_coinrun(path: str, options: SourceOptions) -> None:
     settings = CoinRunSettings(options.episodes, options.max_length, options.seed,
-                               levels=options.coinrun_levels)
+                               levels=options.coinrun_levels,
+                               scripted_fraction=options.coinrun_scripted)
     generate_coinrun(path, settings, num_workers=options.workers)
 
 

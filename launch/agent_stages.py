@@ -10,11 +10,13 @@ agent_finetune  latents + models/dynamics -> models/agent/{dynamics,heads}: the 
 agent_rl        models/agent + latents -> models/agent_rl/heads: the transformer frozen, PMPO on
                 rollouts imagined from training contexts with the policy acting
                 (`agent.imagination`), `rl_iterations` updates of the policy and value heads
-agent_eval      see launch/agent_eval.py: both policies closed-loop in the real simulator
+agent_eval      see launch/agent_eval.py: both policies closed-loop in the real environment
+                (the embedded simulator or procgen CoinRun)
 
-Rewards: the batches' own `rewards` where the data has them (`.npz` episodes), else the dense
-reward of `config.agent.task`'s success detector on the clips' states (data/sim_tasks.py: 1 for
-every step into a state where the task's condition holds; the embedded simulator and CALVIN);
+Rewards: the batches' own `rewards` where the data has them (`.npz` episodes, CoinRun: procgen's
+reward; `config.agent.task` then only names the task), else the dense reward of
+`config.agent.task`'s success detector on the clips' states (data/sim_tasks.py: 1 for every step
+into a state where the task's condition holds; the embedded simulator and CALVIN);
 continuous policies live in the box of the training actions (per dimension, min and max of the
 training data).
 """
@@ -44,13 +46,15 @@ from launch.trainer import make_optimizer, train
 from world.model import load_dynamics, model_folder, save_part
 
 AGENT, AGENT_RL = "agent", "agent_rl"  # folders under <workdir>/models
+EVAL_ENVIRONMENTS = ("sim", "coinrun")  # data formats whose real environment agent_eval runs
+STATE_SOURCES = ("sim", "calvin")  # formats whose clips carry the states the tasks read
 
 
 def agent_problems(config, device_count: int) -> list[str]:
     """config.agent problems (checked for every run: a config describes the whole run)."""
     del device_count
     a, found = config.agent, []
-    if a.task not in sim_tasks.TASKS:
+    if a.task not in sim_tasks.TASKS and config.data.format in STATE_SOURCES:
         found.append(f"config.agent.task: unknown task {a.task!r}; tasks are {sim_tasks.TASKS} "
                      "(data/sim_tasks.py).")
     counts = ("agent_tokens", "hidden", "mtp", "finetune_steps", "rl_iterations", "rl_batch",
@@ -67,9 +71,10 @@ def agent_problems(config, device_count: int) -> list[str]:
         found.append("config.agent: gamma in (0, 1], lam and alpha in [0, 1], beta >= 0 and the "
                      "learning rates > 0.")
     selected = [s.strip() for s in config.stages.split(",")]
-    if "agent_eval" in selected and config.data.format != "sim":
-        found.append(f"config.stages: agent_eval runs the policies in the embedded simulator, so "
-                     f"it needs config.data.format='sim' (got {config.data.format!r}).")
+    if "agent_eval" in selected and config.data.format not in EVAL_ENVIRONMENTS:
+        found.append(f"config.stages: agent_eval runs the policies in the real environment of "
+                     f"the data, which exists for config.data.format in {EVAL_ENVIRONMENTS} "
+                     f"(got {config.data.format!r}).")
     if any(s.startswith("agent") for s in selected) and jax.process_count() > 1:
         found.append("config.stages: the agent stages run on one host.")
     return found
@@ -119,6 +124,12 @@ def with_task_rewards(batch: dict, task: str) -> dict:
     already gave rewards)."""
     if "rewards" in batch:
         return batch
+    if task not in sim_tasks.TASKS:
+        raise settings.ConfigError(
+            f"config.agent.task={task!r} takes its rewards from the data, but the latent shards "
+            "hold none: give the `.npz` episodes `rewards` (CoinRun folders written before "
+            "rewards were recorded: generate the source again), then --restart=latents; or use a "
+            f"task that reads the clips' states, {sim_tasks.TASKS}.")
     if "states" not in batch:
         raise settings.ConfigError(
             f"config.agent.task={task!r} computes rewards from the clips' states, but the latent "

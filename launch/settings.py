@@ -102,7 +102,8 @@ def source_options(config) -> SourceOptions:
                          eval_fraction=data.eval_fraction, skip_bad=data.skip_bad, sim=sim,
                          episodes=data.gen_episodes, max_length=data.gen_max_length,
                          craftax_classic=data.craftax_classic,
-                         coinrun_levels=data.coinrun_levels)
+                         coinrun_levels=data.coinrun_levels,
+                         coinrun_scripted=data.coinrun_scripted)
 
 
 def default_action_classes(config) -> tuple[int, ...]:
@@ -182,6 +183,9 @@ def data_problems(config, device_count: int) -> list[str]:
     if data.coinrun_levels < 0:
         found.append(f"config.data.coinrun_levels must be >= 0 (0: a new level per episode), "
                      f"got {data.coinrun_levels}.")
+    if not 0 <= data.coinrun_scripted <= 1:
+        found.append(f"config.data.coinrun_scripted must be in [0, 1] (the share of CoinRun "
+                     f"episodes played by the scripted player), got {data.coinrun_scripted}.")
     found += _positive(config, "data.clip_length, data.clip_stride, data.workers, "
                        "data.loader_threads, data.sim_train_episodes, data.sim_episode_length, "
                        "data.sim_render_size, data.gen_episodes, data.gen_max_length")

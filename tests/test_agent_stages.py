@@ -55,6 +55,8 @@ def test_rewards_come_from_the_task_detector_on_the_states():
     assert with_task_rewards(given, "lift") is given  # the data's own rewards win
     with pytest.raises(ConfigError, match="hold none"):
         with_task_rewards({"latents": states}, "lift")
+    with pytest.raises(ConfigError, match="takes its rewards from the data"):
+        with_task_rewards({"states": states}, "coin")  # a task named by data with rewards
 
 
 def test_the_action_box_is_the_training_actions_range(tiny_run):
@@ -75,8 +77,18 @@ def test_agent_config_problems_name_the_fields():
     config.agent.task = "stack"
     config.agent.rl_batch = 0
     config.stages = "agent_eval"
+    problems = " | ".join(agent_problems(config, 1))
+    assert "config.agent.task: unknown task 'stack'" in problems  # the simulator has states
+    assert "rl_batch must be >= 1" in problems
     config.data.format = "episodes"
     problems = " | ".join(agent_problems(config, 1))
-    assert "config.agent.task: unknown task 'stack'" in problems
-    assert "rl_batch must be >= 1" in problems
-    assert "needs config.data.format='sim'" in problems
+    assert "unknown task" not in problems  # episodes may bring their own rewards
+    assert "config.data.format in ('sim', 'coinrun') (got 'episodes')" in problems
+
+
+def test_agent_eval_has_an_environment_for_each_format_the_checks_allow():
+    from launch.agent_eval import ENVIRONMENTS
+    from launch.agent_stages import EVAL_ENVIRONMENTS
+
+    assert tuple(ENVIRONMENTS) == EVAL_ENVIRONMENTS
+    assert all(env.env == name for name, env in ENVIRONMENTS.items())

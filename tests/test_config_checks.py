@@ -61,7 +61,7 @@ def test_an_unknown_field_is_one_line_with_the_nearest_names():
     assert out.stderr.strip().splitlines() == [
         "config error: --config.data.nonexistent=3: config.data has no field 'nonexistent'; "
         "the nearest names: config.data.normalise_actions, config.data.sim_episode_length, "
-        "config.data.clip_stride"]
+        "config.data.coinrun_scripted"]
 
 
 def test_the_data_stage_checks_the_action_classes_the_clips_need(tmp_path):

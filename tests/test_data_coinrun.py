@@ -1,5 +1,6 @@
-"""CoinRun generator: .npz episodes whose actions replay to the stored frames, deterministic over
-worker counts, resumable; and the install message when procgen is missing."""
+"""CoinRun generator: .npz episodes whose actions replay to the stored frames and rewards,
+deterministic over worker counts, resumable; the scripted player's mix; and the install message
+when procgen is missing."""
 
 import os
 import sys
@@ -7,7 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from data.coinrun import COINRUN_ACTIONS, CoinRunSettings, generate_coinrun
+from data.coinrun import (
+    COINRUN_ACTIONS,
+    RIGHT,
+    RIGHT_UP,
+    CoinRunSettings,
+    RunRight,
+    generate_coinrun,
+)
 from data.episode import ActionLayout, DataError, read_episode
 from data.sources import episode_splits
 
@@ -96,7 +104,58 @@ def test_pooled_episodes_replay_their_level(tmp_path):
 
 
 def test_level_setting_is_checked_and_recorded_only_when_set():
-    assert "levels" not in CoinRunSettings(seed=1).recorded()  # folders from before still resume
+    recorded = CoinRunSettings(seed=1).recorded()
+    assert "levels" not in recorded and "scripted_fraction" not in recorded  # older folders resume
     assert CoinRunSettings(seed=1, levels=4).recorded()["levels"] == 4
+    assert CoinRunSettings(scripted_fraction=0.5).recorded()["scripted_fraction"] == 0.5
     with pytest.raises(ValueError, match="levels must be >= 0"):
         CoinRunSettings(levels=-1)
+    with pytest.raises(ValueError, match=r"scripted_fraction must be in \[0, 1\]"):
+        CoinRunSettings(scripted_fraction=1.5)
+
+
+def test_the_scripted_player_runs_right_in_bursts_with_its_share_of_noise():
+    steps = 20_000
+    clean = RunRight(np.random.default_rng(0), noise=0.0)
+    actions = np.array([clean() for _ in range(steps)])
+    assert set(actions.tolist()) == {RIGHT, RIGHT_UP}
+    assert abs(np.mean(actions == RIGHT_UP) - 0.5) < 0.02  # each burst: either, equally likely
+    runs = np.diff(np.flatnonzero(np.diff(actions) != 0))  # lengths of runs of one action
+    assert runs.min() >= 1 and np.mean(runs) > 2  # bursts of 1-7 steps (two can join)
+    noisy = RunRight(np.random.default_rng(1), noise=0.4)
+    actions = np.array([noisy() for _ in range(steps)])
+    # 60% scripted (7 or 8) + 40% uniform over 15 actions.
+    np.testing.assert_allclose(np.mean(actions == 0), 0.4 / COINRUN_ACTIONS, atol=0.006)
+    np.testing.assert_allclose(np.mean((actions == RIGHT) | (actions == RIGHT_UP)),
+                               0.6 + 0.4 * 2 / COINRUN_ACTIONS, atol=0.015)
+
+
+def test_scripted_episodes_replay_to_their_frames_and_procgen_rewards(tmp_path):
+    procgen = pytest.importorskip("procgen")
+    settings = CoinRunSettings(episodes=6, max_length=300, seed=2, scripted_fraction=0.5)
+    generate_coinrun(str(tmp_path), settings, progress=False)
+    episodes = read_all(tmp_path)
+    scripted = [np.random.default_rng((2, k, 1)).random() < 0.5 for k in range(6)]
+    assert 0 < sum(scripted) < 6  # both kinds in the mix (documented draws)
+    for k, episode in enumerate(episodes.values()):
+        actions, rewards = episode["actions"], episode["rewards"]
+        assert rewards.dtype == np.float32 and rewards.shape == actions.shape
+        rng = np.random.default_rng((2, k))
+        level = int(rng.integers(2**31 - 1))
+        right = np.mean((actions == RIGHT) | (actions == RIGHT_UP))
+        if scripted[k]:
+            assert right > 0.3 + 0.7 * 2 / COINRUN_ACTIONS - 0.1  # noise is at most 70%
+        else:
+            np.testing.assert_array_equal(actions, rng.integers(COINRUN_ACTIONS, size=len(actions)))
+        env = procgen.ProcgenGym3Env(num=1, env_name="coinrun", start_level=level, num_levels=1)
+        ended = False
+        for t in range(len(actions) - (len(actions) == 300)):  # a 300th action was never taken
+            env.act(actions[t:t + 1])
+            reward, observation, first = env.observe()
+            assert rewards[t] == reward[0], (k, t)
+            ended = bool(first[0])
+            if not ended:
+                np.testing.assert_array_equal(observation["rgb"][0], episode["frames"][t + 1])
+        assert ended or len(actions) == 300
+        assert set(np.unique(rewards)) <= {0.0, 10.0} and np.count_nonzero(rewards[:-1]) == 0
+    assert any(e["rewards"].sum() == 10 for e in episodes.values())  # a coin was reached
