@@ -8,9 +8,10 @@ the world model imagines with the policy acting.
 2. `rl_loss`: the heads are applied again to those stored features, now with gradients: the
    log-probability of the taken actions and the reverse KL to the frozen behaviour-cloned prior
    for PMPO, values for all H + 1 states; the rewards come from the reward head given the taken
-   actions, decoded by the mode of the two-hot distribution (the mean spreads spurious mass over
-   bins far from the reward) and held constant. Imagined rollouts have no episode ends
-   (continues 1). Only the policy and value heads receive gradients.
+   actions, decoded by the mode of the two-hot distribution by default (the mean spreads spurious
+   mass over bins far from the reward; `RLSettings.reward_decode` "mean" reads it anyway, for
+   rewards so rare that the mode is always 0) and held constant. Imagined rollouts have no
+   episode ends (continues 1). Only the policy and value heads receive gradients.
 """
 
 import dataclasses
@@ -66,6 +67,7 @@ class RLSettings:
     lam: float = 0.95
     alpha: float = 0.5
     beta: float = 0.3
+    reward_decode: str = "mode"  # or "mean" (`Bins.decode`)
 
 
 def rl_loss(heads: AgentHeads, prior: AgentHeads, rollout: Rollout,
@@ -78,7 +80,7 @@ def rl_loss(heads: AgentHeads, prior: AgentHeads, rollout: Rollout,
     dist = heads.act(now)
     prior_dist = jax.lax.stop_gradient(prior).act(now)
     reward_logits = heads.reward_logits(now, rollout.actions)[..., 0, :]
-    rewards = jax.lax.stop_gradient(bins.decode(reward_logits, how="mode"))
+    rewards = jax.lax.stop_gradient(bins.decode(reward_logits, how=settings.reward_decode))
     policy_loss, value_loss, metrics = imagination_losses(
         log_prob=dist.log_prob(rollout.actions), kl_to_prior=dist.kl(prior_dist),
         entropy=dist.entropy(), value_logits=heads.value_logits(rollout.features),

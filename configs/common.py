@@ -28,9 +28,10 @@ Fields (every size lives here, none in code):
   the data holds rewards, as CoinRun's do, just the task's name), the
   agent tokens and heads (`agent_tokens`, `hidden`, `mtp`, `action_bins`), finetuning
   (`finetune_steps`, `finetune_lr`), imagination RL (`rl_iterations`, `rl_batch`, `rl_context`,
-  `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`, `beta`) and the
-  closed-loop evaluation in the real simulator (`eval_episodes`, `eval_frames` per episode,
-  `eval_batch` simulators stepped together, `eval_videos`);
+  `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`, `beta`, and
+  `reward_decode`: how imagined rewards are read off the reward head, "mode" or "mean") and the
+  closed-loop evaluation in the real environment (`eval_episodes`, `eval_frames` per episode at
+  most, `eval_batch` environments stepped together, `eval_videos`);
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.
 """
 
@@ -123,7 +124,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         task="lift", agent_tokens=4, hidden=256, mtp=8, action_bins=21,
         finetune_steps=2000, finetune_lr=3e-4,
         rl_iterations=1000, rl_batch=32, rl_context=8, rl_horizon=16, rl_steps=4, rl_lr=3e-4,
-        gamma=0.997, lam=0.95, alpha=0.5, beta=0.3,
+        gamma=0.997, lam=0.95, alpha=0.5, beta=0.3, reward_decode="mode",
         eval_episodes=200, eval_frames=48, eval_batch=8, eval_videos=4,
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

@@ -70,6 +70,9 @@ def agent_problems(config, device_count: int) -> list[str]:
             and a.finetune_lr > 0 and a.rl_lr > 0):
         found.append("config.agent: gamma in (0, 1], lam and alpha in [0, 1], beta >= 0 and the "
                      "learning rates > 0.")
+    if a.reward_decode not in ("mode", "mean"):
+        found.append(f"config.agent.reward_decode must be 'mode' or 'mean', got "
+                     f"{a.reward_decode!r}.")
     selected = [s.strip() for s in config.stages.split(",")]
     if "agent_eval" in selected and config.data.format not in EVAL_ENVIRONMENTS:
         found.append(f"config.stages: agent_eval runs the policies in the real environment of "
@@ -202,7 +205,8 @@ def training_contexts(work: Workdir, count: int, length: int) -> dict[str, np.nd
 
 def rl_settings(config) -> RLSettings:
     a = config.agent
-    return RLSettings(gamma=a.gamma, lam=a.lam, alpha=a.alpha, beta=a.beta)
+    return RLSettings(gamma=a.gamma, lam=a.lam, alpha=a.alpha, beta=a.beta,
+                      reward_decode=a.reward_decode)
 
 
 def agent_rl_stage(config, work: Workdir, mesh) -> None:

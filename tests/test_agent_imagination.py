@@ -9,7 +9,7 @@ import numpy as np
 
 from agent.distributions import Bins
 from agent.heads import AgentHeads, HeadsConfig
-from agent.imagination import imagine_with_policy, rl_loss
+from agent.imagination import RLSettings, imagine_with_policy, rl_loss
 from agent.toy import fit
 from dynamics.actions import ActionSpec
 from dynamics.model import Dynamics, DynamicsConfig
@@ -75,6 +75,10 @@ def test_pmpo_in_imagination_prefers_the_rewarded_action():
     heads, _ = fit(reward_fit, heads, 200, lr=3e-3, key=jax.random.key(0))
     learned = bins.decode(heads.reward_logits(now, data.actions)[..., 0, :], how="mode")
     np.testing.assert_allclose(learned, (data.actions == 2).astype(np.float32), atol=0.2)
+    for how in ("mode", "mean"):  # the imagined rewards are the reward head's, decoded so
+        _, metrics = rl_loss(heads, heads, data, RLSettings(reward_decode=how))
+        expected = bins.decode(heads.reward_logits(now, data.actions)[..., 0, :], how=how)
+        np.testing.assert_allclose(metrics["imagined_reward"], jnp.mean(expected), rtol=1e-5)
     prior = heads
     prob = lambda h, rollout: float(jnp.mean(jnp.exp(h.act(rollout.features[:, :-1]).log_prob(
         jnp.full(rollout.actions.shape, 2, jnp.int32)))))
