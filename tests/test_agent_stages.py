@@ -76,10 +76,12 @@ def test_agent_config_problems_name_the_fields():
     assert agent_problems(config, 1) == []
     config.agent.task = "stack"
     config.agent.rl_batch = 0
+    config.agent.reward_decode = "median"
     config.stages = "agent_eval"
     problems = " | ".join(agent_problems(config, 1))
     assert "config.agent.task: unknown task 'stack'" in problems  # the simulator has states
     assert "rl_batch must be >= 1" in problems
+    assert "config.agent.reward_decode must be 'mode' or 'mean', got 'median'" in problems
     config.data.format = "episodes"
     problems = " | ".join(agent_problems(config, 1))
     assert "unknown task" not in problems  # episodes may bring their own rewards
