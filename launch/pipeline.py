@@ -90,7 +90,8 @@ STAGES: tuple[Stage, ...] = (
           "launch.agent_stages:agent_rl_stage"),
     Stage("agent_eval", ("models/tokenizer/", "models/agent/", "models/agent_rl/"),
           ("eval/agent_summary.json",),
-          "both policies closed-loop in the real simulator: `eval/agent_summary.json`, videos "
+          "both policies closed-loop in the real environment (the simulator, CoinRun): "
+          "`eval/agent_summary.json`, videos "
           "`eval/agent_*.mp4`",
           "launch.agent_eval:agent_eval_stage"),
 )
