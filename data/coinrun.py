@@ -75,8 +75,10 @@ class CoinRunSettings:
     def level(self, index: int, rng: np.random.Generator) -> int:
         """Episode `index`'s level; takes the first draw of its generator `rng` either way."""
         own = int(rng.integers(2**31 - 1))
-        if self.levels == 0:
-            return own
+        return self.pool_level(index) if self.levels else own
+
+    def pool_level(self, index: int) -> int:
+        """Episode `index`'s level in the pool of `levels` levels (which must be > 0)."""
         pool = np.random.default_rng(self.seed).integers(2**31 - 1, size=self.levels)
         return int(pool[index % self.levels])
 

@@ -128,7 +128,7 @@ class CoinRunEpisodes:
 
     def level(self, episode: int) -> int:
         if self.levels.levels:
-            return self.levels.level(episode, np.random.default_rng(0))
+            return self.levels.pool_level(episode)
         return int(np.random.default_rng((self.config.seed, EVAL_SPLIT, episode)
                                          ).integers(2**31 - 1))
 
