@@ -6,26 +6,32 @@ latents gives the video loss and the agent-token features; the heads read those 
 - "bc": -log pi(a_{t+n} | h_t) for n = 0..mtp-1, over the steps whose action is known and
   inside the clip;
 - "reward" (when the batch has rewards): the two-hot cross-entropy of r_{t+n} given h_t and the
-  action a_t taken there, over the steps whose reward is known.
+  action a_t taken there, over the steps whose reward is known;
+- "value" (when the batch has rewards and `value_from_data`): the two-hot cross-entropy of v(s_t)
+  against the data's lambda-returns (`data_value_targets`): the value of the policy that recorded
+  the data, which imagination RL starts from instead of a value head that reads 0 everywhere.
 Each term is RMS-normalised (`core.training.rms_normalised`): behaviour cloning's raw loss can
 start three orders of magnitude above the video loss and would otherwise swamp the world model.
 
 Batch (dataset convention, as the dynamics loader reads it): `latents` [b, t, latents, dim],
 `actions` [b, t, ...] (`actions[t]` taken after frame t), `has_action` [b, t], and optionally
 `rewards` [b, t] (`rewards[t]` earned by `actions[t]`; the loader gives them when the data has
-them) with `has_reward` [b, t] (default: every reward known).
+them) with `has_reward` [b, t] (default: every reward known), and `continues` [b, t] (0 on the
+frame whose action ended the episode; default: no episode ends in the batch).
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from agent.heads import AgentHeads, policy_distribution
+from agent.objectives import lambda_returns
 from core.training import rms_normalised
 from dynamics import Dynamics, align_actions
 from dynamics.objectives import dynamics_loss
 
-TERMS = ("dynamics", "bc", "reward")
+TERMS = ("dynamics", "bc", "reward", "value")
 
 
 class Agent(eqx.Module):
@@ -46,10 +52,28 @@ def ahead(x: Array, known: Bool[Array, "batch time"], steps: int
     return take(x), take(known)
 
 
+def data_value_targets(rewards: Float[Array, "batch time"], continues: Float[Array, "batch time"],
+                       values: Float[Array, "batch time"], *, gamma: float, lam: float
+                       ) -> tuple[Float[Array, "batch time"], Bool[Array, "batch time"]]:
+    """(targets, has_target) for v(s_t) on a window of recorded data: the lambda-returns of the
+    window's rewards (`agent.objectives.lambda_returns`), bootstrapped at its last frame by
+    `values` there, or by that frame's reward where the episode ended on it (continues 0: its
+    value is exactly that reward). Windows lie inside one episode, so only the last frame can end
+    one; it has a target only when it does (otherwise its target would need the frame after)."""
+    ended = continues[:, -1] == 0
+    last = jnp.where(ended, rewards[:, -1], values[:, -1])
+    returns = lambda_returns(rewards[:, :-1], jnp.concatenate([values[:, :-1], last[:, None]], 1),
+                             continues[:, :-1], gamma=gamma, lam=lam)
+    has_target = jnp.concatenate([jnp.ones(returns.shape, bool), ended[:, None]], axis=1)
+    return jnp.concatenate([returns, last[:, None]], axis=1), has_target
+
+
 def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyArray,
-                  bootstrap_rows: int = 0, decay: float = 0.99):
+                  bootstrap_rows: int = 0, decay: float = 0.99, value_from_data: bool = False,
+                  gamma: float = 0.997, lam: float = 0.95):
     """(normalised total, (metrics, updated EMAs of the squared terms)): the loss contract of
-    `core.training.make_train_step`; the loss state is `{term: 0.0}` per term of `TERMS`."""
+    `core.training.make_train_step`; the loss state is `{term: 0.0}` per term of `TERMS`.
+    `gamma` and `lam` are the value targets' discount and lambda (imagination RL's)."""
     heads, config = agent.heads, agent.heads.config
     aligned, known = align_actions(batch["actions"], batch["has_action"])
     video, metrics, features = dynamics_loss(
@@ -69,6 +93,15 @@ def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyAr
         terms["reward"] = _mean(ce, has_reward & batch["has_action"][:, :, None])
     else:
         terms["reward"] = jnp.zeros((), jnp.float32)
+    terms["value"] = jnp.zeros((), jnp.float32)
+    if "rewards" in batch and value_from_data:
+        value_logits = heads.value_logits(h)
+        values = jax.lax.stop_gradient(config.bins.decode(value_logits))
+        continues = batch.get("continues", jnp.ones(batch["rewards"].shape, jnp.float32))
+        targets, has_target = data_value_targets(batch["rewards"], continues, values,
+                                                 gamma=gamma, lam=lam)
+        ce = config.bins.cross_entropy(value_logits, config.bins.two_hot(targets))
+        terms["value"] = _mean(ce, has_target)
     total, rms_sq = rms_normalised(terms, rms_sq_old, step, decay=decay)
     metrics = metrics | {f"{name}_loss": value for name, value in terms.items()} | {"loss": total}
     return total, (metrics, rms_sq)

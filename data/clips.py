@@ -11,15 +11,17 @@ On-disk format (no pickles: every array is a plain .npy whose header holds shape
                          data/episode.py; S is the plan's "state_size")
         rewards.npy      float32 [N, L], only when every episode has rewards (`rewards[t]` is
                          earned by `actions[t]`)
+        continues.npy    float32 [N, L], only when every episode has them (0 on the frame whose
+                         action ended the episode; a clip's only possible 0 is its last frame)
         task.npy         int32 [N, L], only when every episode has task ids
         clips.json       {"episode": [episode name per clip], "start": [first frame per clip]}
 
 `index.json` holds "format" ("dreamer4-clips"), "version", "plan" (settings, frame size, action
-layout, "state_size" when the clips store states, "rewards": true and "task": true when they
-store those, and per split the episodes with their lengths and the shards with their planned
+layout, "state_size" when the clips store states, "rewards", "continues" and "task": true when
+they store those, and per split the episodes with their lengths and the shards with their planned
 clip counts), "shards" (per split: [name, clips written]), "skipped" (errors of bad input left out
 with skip_bad) and "complete" (true once every shard exists). When only some episodes have one
-of states, rewards or task ids, preparation warns and the clips store none of it.
+of the optional arrays, preparation warns and the clips store none of it.
 
 Clip starts in an episode of T frames, for clip length L and stride S: 0, S, 2S, ... while
 start + L <= T, plus a last clip starting at T - L when that start is not already there. So with
@@ -33,8 +35,8 @@ renamed into place, so a crash never leaves a partial shard, and re-running with
 skips finished shards (a different plan raises instead of mixing two datasets). It writes only
 into a folder it made or an empty one, and holds the folder's lock (`<out>/.lock`) while it
 writes, so a second preparation of the same folder stops at once instead of deleting the first
-one's temporary shards. A folder prepared before clips stored states, rewards or task ids keeps
-its plan, and so stays without them, when re-run.
+one's temporary shards. A folder prepared before clips stored an optional array keeps its plan,
+and so stays without it, when re-run.
 
 Reading: `ClipStore(folder)` owns the layout (shards per split, clips by position or by
 `ClipId` (episode, start), the first clips of a split); nothing else walks the index's shards.
@@ -332,7 +334,7 @@ def _write_clips(out_dir, splits, tasks, plan, settings, frame_size, action_layo
     if os.path.exists(index_path):
         with open(index_path) as f:
             existing = json.load(f)["plan"]
-        # A folder prepared before clips stored states, rewards or task ids resumes without.
+        # A folder prepared before clips stored an optional array resumes without it.
         newer = set(_plan_entries(_frame_arrays_of(plan))) - set(existing)
         if existing == {key: value for key, value in plan.items() if key not in newer}:
             plan = existing
@@ -418,8 +420,8 @@ SHARD_ARRAYS = ("frames", "latents", "actions", "has_action", *FRAME_ARRAYS)
 
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
     """A shard's arrays, memory-mapped read-only (no pickles allowed), by key (`SHARD_ARRAYS`;
-    those the shard holds). Clip shards hold frames (and states, rewards and task ids where
-    every episode has them); the latent shards that the launch's latents stage writes in the
+    those the shard holds). Clip shards hold frames (and the optional per-frame arrays that
+    every episode has); the latent shards that the launch's latents stage writes in the
     same layout hold latents. DataError naming the file if one is truncated or damaged."""
     arrays = {}
     for key in SHARD_ARRAYS:

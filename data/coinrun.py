@@ -5,7 +5,9 @@ procgen's coinrun renders 64x64 RGB frames and takes 15 discrete actions. Each e
 `episode_%06d.npz` with `frames` uint8 [T, 64, 64, 3], `actions` int32 [T], where `actions[t]`
 is taken after seeing `frames[t]`, and `rewards` float32 [T], procgen's reward for `actions[t]`
 (10 for the step that reaches the coin, else 0; 0 for an action that was never taken because the
-episode hit `max_length`). An episode starts at a level's first frame and ends when the game
+episode hit `max_length`), and `continues` float32 [T]: 1, except 0 on the last frame when the
+game ended after its action (death or coin; procgen's own time limit of 1000 steps counts as an
+end too, and is reached only with `max_length` > 1000). An episode starts at a level's first frame and ends when the game
 does (death, coin, or procgen's time limit; the frame after the last action is the next level's,
 so it is not stored) or after `max_length` frames. Episode k is drawn from
 `np.random.default_rng((seed, k))`: its first draw, `integers(2**31 - 1)`, is the level
@@ -129,14 +131,14 @@ def make_env(level: int, distribution_mode: str = "hard"):
 
 
 def coinrun_episode(index: int, settings: CoinRunSettings
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Plays episode `index`; returns (frames, actions, rewards) as documented."""
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Plays episode `index`; returns (frames, actions, rewards, continues) as documented."""
     rng = np.random.default_rng((settings.seed, index))
     env = make_env(settings.level(index, rng), settings.distribution_mode)
     player = episode_player(index, settings, rng)
     _, observation, _ = env.observe()
-    frames, actions, rewards = [], [], []
-    while True:
+    frames, actions, rewards, ended = [], [], [], False
+    while not ended:
         frames.append(observation["rgb"][0])
         actions.append(player())
         if len(frames) == settings.max_length:
@@ -145,16 +147,19 @@ def coinrun_episode(index: int, settings: CoinRunSettings
         env.act(np.array(actions[-1:], np.int32))
         reward, observation, first = env.observe()
         rewards.append(float(reward[0]))
-        if first[0]:
-            break
+        ended = bool(first[0])
     env.close()
-    return np.stack(frames), np.array(actions, np.int32), np.array(rewards, np.float32)
+    continues = np.ones(len(frames), np.float32)
+    continues[-1] = 0.0 if ended else 1.0
+    return (np.stack(frames), np.array(actions, np.int32), np.array(rewards, np.float32),
+            continues)
 
 
 def _generate(job) -> int:
     root, index, settings = job
-    frames, actions, rewards = coinrun_episode(index, settings)
-    write_episode(episode_file(root, index), frames, actions, rewards=rewards)
+    frames, actions, rewards, continues = coinrun_episode(index, settings)
+    write_episode(episode_file(root, index), frames, actions, rewards=rewards,
+                  continues=continues)
     return len(frames)
 
 

@@ -13,11 +13,14 @@ P points, the controlled point first (a robot's end effector), then the objects 
 give (x, y) in the image plane and z = 0). A reader that has them sets `state_size` = 3 * P on
 its episodes; episodes without states have no such attribute or None.
 
-Rewards (optional): float32 [T], `rewards[t]` the reward earned by `actions[t]`. Task (optional):
-int32 [T], a task id >= 0 per frame (e.g. which task a demonstration was doing). A reader that
-has them sets `has_rewards` / `has_task` True on its episodes. States, rewards and task are the
-optional per-frame arrays (`FRAME_ARRAYS`): chunks carry them, and clips store each one that every
-episode of the dataset has.
+Rewards (optional): float32 [T], `rewards[t]` the reward earned by `actions[t]`. Continues
+(optional): float32 [T], 0 where `actions[t]` ended the episode (the game is over: death, goal),
+else 1, so only the last frame can be 0; an episode cut off by a time limit or by the recording
+ends with 1 (the game went on). Task (optional): int32 [T], a task id >= 0 per frame (e.g. which
+task a demonstration was doing). A reader that has them sets `has_rewards` / `has_continues` /
+`has_task` True on its episodes. States, rewards, continues and task are the optional per-frame
+arrays (`FRAME_ARRAYS`): chunks carry them, and clips store each one that every episode of the
+dataset has.
 """
 
 import dataclasses
@@ -93,20 +96,23 @@ POINT_DIMS = 3  # state values per point (xyz)
 # The optional per-frame arrays (see the module docstring) and the dtype chunks and clips hold
 # them in: states [n, state_size], and one value per frame [n] for SCALAR_FRAME_ARRAYS.
 FRAME_ARRAYS = {"states": np.dtype("float32"), "rewards": np.dtype("float32"),
-                "task": np.dtype("int32")}
-SCALAR_FRAME_ARRAYS = ("rewards", "task")  # an episode that has one sets `has_<key>` True
+                "continues": np.dtype("float32"), "task": np.dtype("int32")}
+# An episode that has one of these sets `has_<key>` True.
+SCALAR_FRAME_ARRAYS = ("rewards", "continues", "task")
 
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeChunk:
     """Frames uint8 [n, H, W, 3], their actions ([n, ...] in the spec's dtype, or None) and the
-    optional per-frame arrays: states (float32 [n, state_size]), rewards (float32 [n]) and task
-    (int32 [n]), each None where the episode has none. Unpacks as `frames, actions`."""
+    optional per-frame arrays: states (float32 [n, state_size]), rewards (float32 [n]),
+    continues (float32 [n]) and task (int32 [n]), each None where the episode has none. Unpacks
+    as `frames, actions`."""
 
     frames: np.ndarray
     actions: np.ndarray | None
     states: np.ndarray | None = None
     rewards: np.ndarray | None = None
+    continues: np.ndarray | None = None
     task: np.ndarray | None = None
 
     def __iter__(self):
@@ -119,7 +125,8 @@ class EpisodeRef(Protocol):
     windows in chunks of `data.clips.READ_CHUNK` frames; a reader whose every read loads its
     whole file (an .npz) sets the class attribute `read_chunk = None` to read a window at once.
     Those whose chunks carry states also have `state_size` (int), those whose chunks carry
-    rewards or task ids `has_rewards` / `has_task` = True (see the module docstring)."""
+    rewards, continues or task ids `has_rewards` / `has_continues` / `has_task` = True (see the
+    module docstring)."""
 
     name: str
     length: int
@@ -151,7 +158,7 @@ def dataset_action_layout(refs: Sequence[EpisodeRef]) -> ActionLayout:
 
 def frame_array_shapes(ref: EpisodeRef) -> dict[str, tuple[int, ...]]:
     """The optional per-frame arrays (`FRAME_ARRAYS`) that `ref`'s chunks carry, each with its
-    shape per frame: states (state_size,), rewards () and task ()."""
+    shape per frame: states (state_size,), and () for rewards, continues and task."""
     shapes = {"states": (ref.state_size,)} if getattr(ref, "state_size", None) else {}
     return shapes | {key: () for key in SCALAR_FRAME_ARRAYS if getattr(ref, f"has_{key}", False)}
 

@@ -6,11 +6,13 @@ Each `<name>.npz` holds `frames` (uint8 [T, H, W, 3]) and optionally:
 - `states` (float [T, 3 * P]: xyz in metres of P points, the controlled one first;
   `data.episode` describes the layout);
 - `rewards` (float [T], finite): `rewards[t]` is the reward earned by `actions[t]`;
+- `continues` (float [T], each 1 except a 0 on the last frame where the episode ended there: the
+  game is over after `actions[T - 1]`; leave 1 where a time limit or the recording cut it off);
 - `task` (int [T], each >= 0): a task id per frame, e.g. which task a demonstration was doing.
-States and rewards are read as float32, task ids as int32. Files are read with
+States, rewards and continues are read as float32, task ids as int32. Files are read with
 `allow_pickle=False`. All episodes must share one frame size and one action layout; episodes
-without actions are allowed (stored as unlabeled). Clips store states, rewards and task ids only
-when every episode has them (`data.clips`).
+without actions are allowed (stored as unlabeled). Clips store each optional array only when
+every episode has it (`data.clips`).
 
 Generators (CoinRun, Craftax) write this format with `write_episode` as `episode_%06d.npz`,
 compressed, and resume with `pending_episodes`.
@@ -49,6 +51,7 @@ class NpzEpisode:
     action_layout: ActionLayout | None
     state_size: int | None = None
     has_rewards: bool = False
+    has_continues: bool = False
     has_task: bool = False
     read_chunk: ClassVar[None] = None  # every read decompresses the whole array: read at once
 
@@ -89,6 +92,10 @@ class _FrameArrayRule:
     bad_what: str = ""
 
 
+def _is_last(values: np.ndarray) -> np.ndarray:
+    return np.arange(len(values)) == len(values) - 1
+
+
 _INT32_MAX, _FLOAT32_MAX = int(np.iinfo(np.int32).max), float(np.finfo(np.float32).max)
 FILE_FRAME_ARRAYS = {
     "states": _FrameArrayRule(
@@ -97,6 +104,11 @@ FILE_FRAME_ARRAYS = {
     "rewards": _FrameArrayRule(
         "float [T] (rewards[t] earned by actions[t])", np.floating, lambda step: step == (),
         lambda values: ~(np.abs(values) <= _FLOAT32_MAX), "non-finite rewards (in float32)"),
+    "continues": _FrameArrayRule(
+        "float [T] (1, or 0 on the last frame where the episode ended)", np.floating,
+        lambda step: step == (),
+        lambda values: ~((values == 1) | ((values == 0) & _is_last(values))),
+        "continues other than 1 (0 is allowed on the last frame only)"),
     "task": _FrameArrayRule(
         "int [T] (a task id per frame)", np.integer, lambda step: step == (),
         lambda values: (values < 0) | (values > _INT32_MAX), f"task ids outside 0 .. {_INT32_MAX}"),
@@ -169,7 +181,8 @@ def _describe(path: str, name: str) -> NpzEpisode:
              for key in FILE_FRAME_ARRAYS if key in shapes}
     return NpzEpisode(path, name, frame_shape[0], tuple(frame_shape[1:3]), spec,
                       state_size=found["states"][0] if "states" in found else None,
-                      has_rewards="rewards" in found, has_task="task" in found)
+                      has_rewards="rewards" in found, has_continues="continues" in found,
+                      has_task="task" in found)
 
 
 def npz_episodes(folder: str, *, skip_bad: bool = False) -> list[NpzEpisode]:
@@ -235,11 +248,11 @@ def episode_file(folder: str, index: int) -> str:
 
 def write_episode(path: str, frames: np.ndarray, actions: np.ndarray | None = None,
                   states: np.ndarray | None = None, *, rewards: np.ndarray | None = None,
-                  task: np.ndarray | None = None) -> None:
+                  continues: np.ndarray | None = None, task: np.ndarray | None = None) -> None:
     """Writes one compressed episode file atomically: to a temporary name that does not end in
     .npz (so no reader lists it), then renamed into place. Arrays given as None are left out."""
     arrays = {"frames": frames, "actions": actions, "states": states, "rewards": rewards,
-              "task": task}
+              "continues": continues, "task": task}
     arrays = {key: value for key, value in arrays.items() if value is not None}
     temp = path + ".tmp"
     with open(temp, "wb") as f:

@@ -14,8 +14,9 @@ arguments (`it.set_state(state)`) continues with exactly the batch that would ha
 A batch is a dict of every array the clips hold, cut to the window: from clip folders frames
 uint8 [B, T, H, W, 3], from latent folders latents float32 [B, T, ...], and actions [B, T, ...]
 (float32 or int32, see the index's action layout) and has_action bool [B, T]; where the data has
-them also rewards float32 [B, T] (`rewards[t]` earned by `actions[t]`) and task int32 [B, T]
-(and, from clip folders, states float32 [B, T, S]; `data.clips` describes the shards).
+them also rewards float32 [B, T] (`rewards[t]` earned by `actions[t]`), continues float32 [B, T]
+(0 where the episode ended) and task int32 [B, T] (and, from clip folders, states float32
+[B, T, S]; `data.clips` describes the shards).
 """
 
 import dataclasses

@@ -3,8 +3,9 @@
 
 agent_finetune  latents + models/dynamics -> models/agent/{dynamics,heads}: the dynamics model
                 with `config.agent.agent_tokens` agent tokens and the policy / reward / value
-                heads, trained by `agent.finetune` (behaviour cloning and rewards beside the
-                video loss, every term RMS-normalised) for `finetune_steps`; then the eval's
+                heads, trained by `agent.finetune` (behaviour cloning, rewards and, with
+                `finetune_value`, the value of the data's returns, beside the video loss, every
+                term RMS-normalised) for `finetune_steps`; then the eval's
                 rollout metrics of the world model before and after, `eval/agent_world_model.json`
                 (finetuning must not make the world model worse)
 agent_rl        models/agent + latents -> models/agent_rl/heads: the transformer frozen, PMPO on
@@ -22,6 +23,7 @@ training data).
 """
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -155,7 +157,9 @@ def agent_finetune_stage(config, work: Workdir, mesh) -> None:
     optimizer = make_optimizer(train_config)
     state = init_state(Agent(dynamics, heads), optimizer,
                        loss_state={name: jnp.zeros((), jnp.float32) for name in TERMS})
-    step = make_train_step(finetune_loss, optimizer, static_argnames=("bootstrap_rows",))
+    loss = functools.partial(finetune_loss, value_from_data=a.finetune_value, gamma=a.gamma,
+                             lam=a.lam)
+    step = make_train_step(loss, optimizer, static_argnames=("bootstrap_rows",))
     rows = round(config.train.dynamics.bootstrap_fraction * train_config.batch)
 
     def step_fn(state, batch, key):

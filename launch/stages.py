@@ -139,7 +139,7 @@ def latents_stage(config, work: Workdir, mesh, *, batch: int = 8) -> None:
 
 
 # What the latent shards copy from the clip shards, where these hold it.
-LATENT_SHARD_COPIES = ("actions", "has_action", "states", "rewards", "task")
+LATENT_SHARD_COPIES = ("actions", "has_action", "states", "rewards", "continues", "task")
 
 
 def encode_clips(clips_dir: str, latents_dir: str, encode, *, batch: int = 8,

@@ -1,6 +1,7 @@
-"""Agent finetuning's loss: the look-ahead targets by hand, the RMS normalisation's first step,
-the closed-form losses of freshly built heads, the video term unchanged, and a train step that
-clones a behaviour while the video loss keeps running."""
+"""Agent finetuning's loss: the look-ahead targets by hand, the data's value targets by hand and
+against the n-step definition in float64, the RMS normalisation's first step, the closed-form
+losses of freshly built heads, the video term unchanged, and a train step that clones a behaviour
+while the video loss keeps running."""
 
 import math
 
@@ -10,7 +11,7 @@ import numpy as np
 import optax
 
 from agent.distributions import Bins
-from agent.finetune import TERMS, Agent, ahead, finetune_loss
+from agent.finetune import TERMS, Agent, ahead, data_value_targets, finetune_loss
 from agent.heads import AgentHeads, HeadsConfig
 from core.training import init_state, make_train_step
 from dynamics.actions import ActionSpec, align_actions
@@ -50,6 +51,48 @@ def test_ahead_by_hand():
     np.testing.assert_array_equal(ok[0], [[1, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]])
 
 
+def test_data_value_targets_by_hand():
+    rewards, values = jnp.array([[1.0, 2.0, 10.0]] * 2), jnp.array([[4.0, 8.0, 99.0]] * 2)
+    continues = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    targets, has = data_value_targets(rewards, continues, values, gamma=0.5, lam=0.5)
+    # Ended on frame 2: its value is its reward, 10; G_1 = 2 + 0.5 (0.5 * 10 + 0.5 * 10) = 7,
+    # G_0 = 1 + 0.5 (0.5 * 8 + 0.5 * 7) = 4.75. Cut off: frame 2 bootstraps with v = 99 and
+    # has no target; G_1 = 2 + 0.5 * 99 = 51.5, G_0 = 1 + 0.5 (0.5 * 8 + 0.5 * 51.5) = 15.875.
+    np.testing.assert_allclose(targets, [[4.75, 7.0, 10.0], [15.875, 51.5, 99.0]])
+    np.testing.assert_array_equal(has, [[True, True, True], [True, True, False]])
+
+
+def n_step_lambda_returns(rewards, values, gamma, lam):
+    """float64 lambda-returns from their definition, a (1 - lam) lam^(n-1) weighted sum of n-step
+    returns (the longest one taking the remaining weight), values[-1] bootstrapping the end."""
+    time = len(rewards)
+    out = np.zeros(time - 1)
+    for t in range(time - 1):
+        horizon = time - 1 - t
+        n_step = [sum(gamma ** k * rewards[t + k] for k in range(n)) + gamma ** n * values[t + n]
+                  for n in range(1, horizon + 1)]
+        weights = [(1 - lam) * lam ** (n - 1) for n in range(1, horizon)] + [lam ** (horizon - 1)]
+        out[t] = np.dot(weights, n_step)
+    return out
+
+
+def test_data_value_targets_match_the_n_step_definition():
+    rng = np.random.default_rng(4)
+    rewards, values = rng.normal(size=(2, 7)), rng.normal(size=(2, 7))
+    continues = np.ones((2, 7))
+    continues[0, -1] = 0.0
+    targets, has = data_value_targets(jnp.asarray(rewards, jnp.float32),
+                                      jnp.asarray(continues, jnp.float32),
+                                      jnp.asarray(values, jnp.float32), gamma=0.9, lam=0.7)
+    for row in range(2):
+        boot = values[row].copy()
+        boot[-1] = rewards[row, -1] if row == 0 else values[row, -1]
+        np.testing.assert_allclose(targets[row, :-1],
+                                   n_step_lambda_returns(rewards[row], boot, 0.9, 0.7), rtol=1e-5)
+        np.testing.assert_allclose(targets[row, -1], boot[-1], rtol=1e-6)
+    np.testing.assert_array_equal(has[:, -1], [True, False])
+
+
 def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_one():
     agent, batch = make_agent(), make_batch()
     key = jax.random.key(3)
@@ -69,6 +112,12 @@ def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_on
     loader_batch = {k: v for k, v in batch.items() if k != "has_reward"}
     _, (same, _) = finetune_loss(agent, zeros(), jnp.asarray(0), loader_batch, key=key)
     np.testing.assert_allclose(same["reward_loss"], metrics["reward_loss"], rtol=1e-6)
+    # The value term: off unless asked for; then uniform value bins, and a fourth unit term.
+    assert metrics["value_loss"] == 0.0
+    total, (metrics, _) = finetune_loss(agent, zeros(), jnp.asarray(0), batch, key=key,
+                                        value_from_data=True)
+    np.testing.assert_allclose(metrics["value_loss"], math.log(21), rtol=1e-5)
+    np.testing.assert_allclose(total, 4.0, rtol=1e-5)
 
 
 def test_finetuning_clones_the_behaviour_and_keeps_the_video_loss_running():

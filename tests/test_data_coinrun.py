@@ -1,4 +1,4 @@
-"""CoinRun generator: .npz episodes whose actions replay to the stored frames and rewards,
+"""CoinRun generator: .npz episodes whose actions replay to the stored frames, rewards and ends,
 deterministic over worker counts, resumable; the scripted player's mix; and the install message
 when procgen is missing."""
 
@@ -157,5 +157,8 @@ def test_scripted_episodes_replay_to_their_frames_and_procgen_rewards(tmp_path):
             if not ended:
                 np.testing.assert_array_equal(observation["rgb"][0], episode["frames"][t + 1])
         assert ended or len(actions) == 300
+        expected = np.ones(len(actions), np.float32)
+        expected[-1] = 0.0 if ended else 1.0  # 0 only where the game itself ended
+        np.testing.assert_array_equal(episode["continues"], expected, err_msg=str(k))
         assert set(np.unique(rewards)) <= {0.0, 10.0} and np.count_nonzero(rewards[:-1]) == 0
     assert any(e["rewards"].sum() == 10 for e in episodes.values())  # a coin was reached

@@ -1,8 +1,9 @@
-"""Rewards and task ids of .npz episodes (data/episodes.py) through clips (data/clips.py), the
+"""Rewards, continues and task ids of .npz episodes (data/episodes.py) through clips (data/clips.py), the
 latents stage's shards (launch/stages.py) and loader batches (data/loader.py).
 
 Episode e (written by `write_episode`) has T_e frames; frame t is filled with 10 * e + t, its
-action is t, `rewards[t]` = 10 * e + t + 0.5 and `task[t]` = 3 * e + (1 if t >= 4 else 0). With
+action is t, `rewards[t]` = 10 * e + t + 0.5, `task[t]` = 3 * e + (1 if t >= 4 else 0) and
+`continues[t]` = 1 except on ep1's last frame (ep1 ended there; ep0 and ep2 were cut off). With
 clip length 4, stride 2 and 3 clips per shard (clip starts: `data.clips.clip_starts`):
     train: ep0 (6 frames) -> starts 0, 2          shard_000000: ep0@0, ep0@2, ep1@0
            ep1 (7 frames) -> starts 0, 2, 3       shard_000001: ep1@2, ep1@3
@@ -33,8 +34,16 @@ def task_of(e: int, t):
     return 3 * e + (np.asarray(t) >= 4)
 
 
-def write_episodes(folder, *, rewards=("ep0", "ep1", "ep2"), task=("ep0", "ep1", "ep2")):
-    """The episodes of the module docstring; only those named in `rewards` / `task` have them."""
+def continues_of(e: int, t):
+    return np.where((e == 1) & (np.asarray(t) == LENGTHS["ep1"] - 1), 0.0, 1.0)
+
+
+ALL = ("ep0", "ep1", "ep2")
+
+
+def write_episodes(folder, *, rewards=ALL, task=ALL, continues=ALL):
+    """The episodes of the module docstring; only those named in `rewards` / `task` /
+    `continues` have them."""
     os.makedirs(folder, exist_ok=True)
     for name, length in LENGTHS.items():
         e, t = int(name[-1]), np.arange(length)
@@ -42,7 +51,8 @@ def write_episodes(folder, *, rewards=("ep0", "ep1", "ep2"), task=("ep0", "ep1",
                                  (length, 4, 4, 3))
         write_episode(os.path.join(folder, f"{name}.npz"), frames, t.astype(np.int32),
                       rewards=rewards_of(e, t).astype(np.float32) if name in rewards else None,
-                      task=task_of(e, t).astype(np.int64) if name in task else None)
+                      task=task_of(e, t).astype(np.int64) if name in task else None,
+                      continues=continues_of(e, t) if name in continues else None)
 
 
 def prepare(tmp_path, **kwargs) -> ClipStore:
@@ -77,7 +87,8 @@ def test_episode_chunks_carry_rewards_and_task(tmp_path):
 def test_rewards_and_task_reach_the_clips(tmp_path):
     clips = prepare(tmp_path)
     plan = clips.index["plan"]
-    assert plan["rewards"] is True and plan["task"] is True and "state_size" not in plan
+    assert plan["rewards"] is True and plan["task"] is True and plan["continues"] is True
+    assert "state_size" not in plan
     shard = open_shard(clips.shard_dir("train", "shard_000001"))  # ep1@2, ep1@3
     assert shard["rewards"].dtype == np.float32 and shard["rewards"].shape == (2, 4)
     assert shard["task"].dtype == np.int32 and shard["task"].shape == (2, 4)
@@ -100,6 +111,8 @@ def test_rewards_and_task_reach_the_clips(tmp_path):
             e, t = frame_ids(clip["frames"])
             np.testing.assert_array_equal(clip["rewards"], rewards_of(e[0], t))
             np.testing.assert_array_equal(clip["task"], task_of(e[0], t))
+            np.testing.assert_array_equal(clip["continues"], continues_of(e[0], t))
+    assert clips.clip("train", 4)["continues"].tolist() == [1, 1, 1, 0]  # ep1@3 ends the episode
 
 
 def frame_means(frames):
@@ -112,12 +125,12 @@ def test_loader_batches_carry_rewards_and_task(tmp_path):
     latents = str(tmp_path / "latents")
     encode_clips(clips.folder, latents, frame_means, batch=2, progress=False)
     assert set(open_shard(os.path.join(latents, "train", "shard_000000"))) == {
-        "latents", "actions", "has_action", "rewards", "task"}
+        "latents", "actions", "has_action", "rewards", "task", "continues"}
     for folder, key in ((clips.folder, "frames"), (latents, "latents")):
         loader = make_loader(folder, batch_size=2, seq_lengths=(3,), seed=1, num_threads=1)
         for _ in range(4):
             batch = next(loader)
-            assert set(batch) == {key, "actions", "has_action", "rewards", "task"}
+            assert set(batch) == {key, "actions", "has_action", "rewards", "task", "continues"}
             assert batch["rewards"].dtype == np.float32 and batch["task"].dtype == np.int32
             value = np.asarray(batch[key])[..., 0, 0, 0] if key == "frames" else np.asarray(
                 batch[key])[..., 0, 0]
@@ -125,6 +138,7 @@ def test_loader_batches_carry_rewards_and_task(tmp_path):
             np.testing.assert_array_equal(batch["actions"], t)
             np.testing.assert_array_equal(batch["rewards"], 10 * e + t + 0.5)
             np.testing.assert_array_equal(batch["task"], 3 * e + (t >= 4))
+            np.testing.assert_array_equal(batch["continues"], continues_of(e, t))
 
 
 def test_mixed_presence_warns_and_stores_none(tmp_path):
@@ -138,8 +152,8 @@ def test_mixed_presence_warns_and_stores_none(tmp_path):
 
 
 def test_without_rewards_or_task_batches_are_as_before(tmp_path):
-    clips = prepare(tmp_path, rewards=(), task=())
-    assert not {"rewards", "task"} & set(clips.index["plan"])
+    clips = prepare(tmp_path, rewards=(), task=(), continues=())
+    assert not {"rewards", "task", "continues"} & set(clips.index["plan"])
     latents = str(tmp_path / "latents")
     encode_clips(clips.folder, latents, frame_means, batch=2, progress=False)
     for folder, key in ((clips.folder, "frames"), (latents, "latents")):
@@ -150,19 +164,19 @@ def test_without_rewards_or_task_batches_are_as_before(tmp_path):
 def test_clip_folders_from_before_rewards_stay_readable_and_resume(tmp_path):
     clips = prepare(tmp_path)
     index = read_index(clips.folder)  # make it look as written before rewards and task existed
-    del index["plan"]["rewards"], index["plan"]["task"]
+    del index["plan"]["rewards"], index["plan"]["task"], index["plan"]["continues"]
     with open(os.path.join(clips.folder, "index.json"), "w") as f:
         json.dump(index, f)
     for split, name in (("train", "shard_000000"), ("train", "shard_000001"),
                         ("eval", "shard_000000")):
-        for key in ("rewards", "task"):
+        for key in ("rewards", "task", "continues"):
             os.remove(os.path.join(clips.shard_dir(split, name), f"{key}.npy"))
     os.rename(clips.shard_dir("eval", "shard_000000"), str(tmp_path / "gone"))  # to resume
     episodes = npz_episodes(str(tmp_path / "eps"))
     prepare_clips({"train": episodes[:2], "eval": episodes[2:]}, clips.folder, SETTINGS,
                   progress=False)  # resumes with the old plan: no plan error, no rewards
     store = ClipStore(clips.folder)
-    assert not {"rewards", "task"} & set(store.index["plan"])
+    assert not {"rewards", "task", "continues"} & set(store.index["plan"])
     assert set(store.clip("eval", 1)) == {"frames", "actions", "has_action"}
     assert frame_ids(store.clip("eval", 1)["frames"])[1].tolist() == [1, 2, 3, 4]
 
@@ -184,8 +198,14 @@ def test_clip_folders_from_before_rewards_stay_readable_and_resume(tmp_path):
     ("task", np.zeros(7, np.float32), r"ep1\.npz: `task` is float32 \(7,\)"),
     ("task", np.array([0, 0, -1, 0, 0, 0, 0]),
      r"ep1\.npz: task ids outside 0 \.\. 2147483647 at frames \[2\] \(1 of 7\)"),
+    ("continues", np.ones(7, np.int32), r"ep1\.npz: `continues` is int32 \(7,\); it must be "
+                                        r"float \[T\] \(1, or 0 on the last frame where the "
+                                        r"episode ended\) with T = 7"),
+    ("continues", np.array([1, 1, 0, 1, 1, 0.5, 0], np.float32),
+     r"ep1\.npz: continues other than 1 \(0 is allowed on the last frame only\) at frames "
+     r"\[2, 5\] \(2 of 7\); fix them, or leave `continues` out"),
 ])
-def test_bad_rewards_and_task_name_the_file(tmp_path, key, value, message):
+def test_bad_rewards_continues_and_task_name_the_file(tmp_path, key, value, message):
     write_episodes(tmp_path)
     t = np.arange(7)
     good = {"frames": np.zeros((7, 4, 4, 3), np.uint8), "rewards": rewards_of(1, t),
