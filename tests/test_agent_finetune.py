@@ -3,6 +3,7 @@ against the n-step definition in float64, the RMS normalisation's first step, th
 losses of freshly built heads, the video term unchanged, and a train step that clones a behaviour
 while the video loss keeps running."""
 
+import functools
 import math
 
 import jax
@@ -137,3 +138,27 @@ def test_finetuning_clones_the_behaviour_and_keeps_the_video_loss_running():
     assert float(metrics["bc_loss"]) < 0.5 * first["bc_loss"], (first, metrics)
     assert float(metrics["dynamics_loss"]) < first["dynamics_loss"]
     assert float(metrics["skipped"]) == 0
+
+
+def test_the_value_head_learns_the_datas_discounted_return():
+    # Every window is a whole episode that ends on its last frame with reward 1, so the value of
+    # frame t is gamma^(5 - t) exactly; lambda = 0.5 bootstraps from the head's own values, and
+    # the fixed point of those targets is still that return.
+    agent = make_agent(mtp=1)
+    rng = np.random.default_rng(2)
+    latents = jnp.asarray(np.tanh(rng.normal(size=(1, 6, 4, 3))), jnp.float32).repeat(8, 0)
+    rewards = jnp.zeros((8, 6)).at[:, -1].set(1.0)
+    batch = {"latents": latents, "actions": jnp.zeros((8, 6), jnp.int32),
+             "has_action": jnp.ones((8, 6), bool), "rewards": rewards,
+             "continues": jnp.ones((8, 6)).at[:, -1].set(0.0)}
+    loss = functools.partial(finetune_loss, value_from_data=True, gamma=0.8, lam=0.5)
+    step = make_train_step(loss, optax.adam(3e-3))
+    state = init_state(agent, optax.adam(3e-3), loss_state=zeros())
+    for i in range(200):
+        state, _ = step(state, batch, jax.random.key(i))
+    _, _, features = dynamics_loss(
+        state.model.dynamics, latents, *align_actions(batch["actions"], batch["has_action"]),
+        key=jax.random.key(0), image_fraction=0.0, with_features=True)
+    heads = state.model.heads
+    values = heads.config.bins.decode(heads.value_logits(features["agent"]))
+    np.testing.assert_allclose(np.mean(values, axis=0), 0.8 ** np.arange(5, -1, -1), atol=0.05)

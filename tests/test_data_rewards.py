@@ -1,5 +1,5 @@
-"""Rewards, continues and task ids of .npz episodes (data/episodes.py) through clips (data/clips.py), the
-latents stage's shards (launch/stages.py) and loader batches (data/loader.py).
+"""Rewards, continues and task ids of .npz episodes (data/episodes.py) through clips
+(data/clips.py), the latents stage's shards (launch/stages.py) and loader batches (data/loader.py).
 
 Episode e (written by `write_episode`) has T_e frames; frame t is filled with 10 * e + t, its
 action is t, `rewards[t]` = 10 * e + t + 0.5, `task[t]` = 3 * e + (1 if t >= 4 else 0) and
