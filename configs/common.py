@@ -29,8 +29,8 @@ Fields (every size lives here, none in code):
   agent tokens and heads (`agent_tokens`, `hidden`, `mtp`, `action_bins`), finetuning
   (`finetune_steps`, `finetune_lr`, and `finetune_value`: train the value head on the data's
   lambda-returns, where the data has rewards), imagination RL (`rl_iterations`, `rl_batch`,
-  `rl_context`, `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`, `beta`, and
-  `reward_decode`: how imagined rewards are read off the reward head, "mode" or "mean") and the
+  `rl_context`, `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`,
+  `beta`, and `reward_decode`: how imagined rewards are read off the reward head, "mode" or "mean") and the
   closed-loop evaluation in the real environment (`eval_episodes`, `eval_frames` per episode at
   most, `eval_batch` environments stepped together, `eval_videos`);
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.

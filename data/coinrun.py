@@ -9,8 +9,8 @@ episode hit `max_length`), and `continues` float32 [T]: 1, except 0 on the last 
 game ended after its action (death or coin; procgen's own time limit of 1000 steps counts as an
 end too, and is reached only with `max_length` > 1000). An episode starts at a level's first
 frame and ends when the game does (death, coin, or procgen's time limit; the frame after the last
-action is the next level's, so it is not stored) or after `max_length` frames. Episode k is drawn from
-`np.random.default_rng((seed, k))`: its first draw, `integers(2**31 - 1)`, is the level
+action is the next level's, so it is not stored) or after `max_length` frames. Episode k is
+drawn from `np.random.default_rng((seed, k))`: its first draw, `integers(2**31 - 1)`, is the level
 (`start_level`, `num_levels=1`), the next draws `integers(15)` are the actions in order. With
 `levels` = L > 0 the episodes cycle through L levels instead: episode k plays level
 `default_rng(seed).integers(2**31 - 1, size=L)[k % L]` (its own first draw is then unused), so
