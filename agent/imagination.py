@@ -68,6 +68,7 @@ class RLSettings:
     alpha: float = 0.5
     beta: float = 0.3
     reward_decode: str = "mode"  # or "mean" (`Bins.decode`)
+    train_value: bool = True  # False: the value head stays as finetuning left it
 
 
 def rl_loss(heads: AgentHeads, prior: AgentHeads, rollout: Rollout,
@@ -86,4 +87,6 @@ def rl_loss(heads: AgentHeads, prior: AgentHeads, rollout: Rollout,
         entropy=dist.entropy(), value_logits=heads.value_logits(rollout.features),
         rewards=rewards, continues=jnp.ones_like(rewards), bins=bins, gamma=settings.gamma,
         lam=settings.lam, alpha=settings.alpha, beta=settings.beta)
+    if not settings.train_value:
+        value_loss = jnp.zeros_like(value_loss)
     return policy_loss + value_loss, metrics | {"imagined_reward": jnp.mean(rewards)}

@@ -210,7 +210,7 @@ def training_contexts(work: Workdir, count: int, length: int) -> dict[str, np.nd
 def rl_settings(config) -> RLSettings:
     a = config.agent
     return RLSettings(gamma=a.gamma, lam=a.lam, alpha=a.alpha, beta=a.beta,
-                      reward_decode=a.reward_decode)
+                      reward_decode=a.reward_decode, train_value=a.rl_train_value)
 
 
 def agent_rl_stage(config, work: Workdir, mesh) -> None:
