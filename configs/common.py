@@ -30,9 +30,11 @@ Fields (every size lives here, none in code):
   (`finetune_steps`, `finetune_lr`, and `finetune_value`: train the value head on the data's
   lambda-returns, where the data has rewards), imagination RL (`rl_iterations`, `rl_batch`,
   `rl_context`, `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`,
-  `beta`, and `reward_decode`: how imagined rewards are read off the reward head, "mode" or
-  "mean") and the closed-loop evaluation in the real environment (`eval_episodes`, `eval_frames`
-  per episode at most, `eval_batch` environments stepped together, `eval_videos`);
+  `beta`, `reward_decode`: how imagined rewards are read off the reward head, "mode" or
+  "mean", and `rl_train_value`: whether RL trains the value head on imagined returns or keeps
+  the one finetuning fitted to the data) and the closed-loop evaluation in the real environment
+  (`eval_episodes`, `eval_frames` per episode at most, `eval_batch` environments stepped
+  together, `eval_videos`);
 - mesh: device mesh shape (`data` = -1 takes the remaining devices); `stages`, `seed`.
 """
 

@@ -1,6 +1,6 @@
 """Imagination RL with the world model: the stored features are those the policy acted on, only
-the policy and value heads learn, and PMPO moves the policy toward the action the reward head
-rewards, inside imagination."""
+the policy and value heads learn (only the policy with `train_value` off), and PMPO moves the
+policy toward the action the reward head rewards, inside imagination."""
 
 import equinox as eqx
 import jax
@@ -57,6 +57,13 @@ def test_only_the_policy_and_value_heads_learn():
     norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
     assert norm(grads.reward) == 0.0
     assert norm(grads.policy) > 0.0 and norm(grads.value) > 0.0
+    # With train_value off the value head keeps finetuning's values (no gradient), and the
+    # policy's gradient is the same: the values still make its advantages.
+    frozen = RLSettings(train_value=False)
+    still = jax.grad(lambda h: rl_loss(h, heads, rollout, frozen)[0])(heads)
+    assert norm(still.value) == 0.0 and norm(still.reward) == 0.0
+    for a, b in zip(jax.tree.leaves(still.policy), jax.tree.leaves(grads.policy), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
 
 
 def test_pmpo_in_imagination_prefers_the_rewarded_action():
