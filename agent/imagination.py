@@ -68,7 +68,7 @@ class RLSettings:
     alpha: float = 0.5
     beta: float = 0.3
     reward_decode: str = "mode"  # or "mean" (`Bins.decode`)
-    train_value: bool = True  # False: the value head stays as finetuning left it
+    train_value: bool = True  # False (the config default): the value head stays as finetuned
 
 
 def rl_loss(heads: AgentHeads, prior: AgentHeads, rollout: Rollout,

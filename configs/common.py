@@ -127,7 +127,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         task="lift", agent_tokens=4, hidden=256, mtp=8, action_bins=21,
         finetune_steps=2000, finetune_lr=3e-4, finetune_value=True,
         rl_iterations=1000, rl_batch=32, rl_context=8, rl_horizon=16, rl_steps=4, rl_lr=3e-4,
-        gamma=0.997, lam=0.95, alpha=0.5, beta=0.3, reward_decode="mode", rl_train_value=True,
+        gamma=0.997, lam=0.95, alpha=0.5, beta=0.3, reward_decode="mode", rl_train_value=False,
         eval_episodes=200, eval_frames=48, eval_batch=8, eval_videos=4,
     ))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
