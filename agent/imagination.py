@@ -68,7 +68,9 @@ class RLSettings:
     alpha: float = 0.5
     beta: float = 0.3
     reward_decode: str = "mode"  # or "mean" (`Bins.decode`)
-    train_value: bool = True  # False (the config default): the value head stays as finetuned
+    # False: the value head stays as finetuning fitted it to the data; True: it also learns the
+    # imagined lambda-returns (which rewards too rare for the reward head drive to 0).
+    train_value: bool = False
 
 
 def rl_loss(heads: AgentHeads, prior: AgentHeads, rollout: Rollout,

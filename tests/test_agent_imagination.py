@@ -53,13 +53,13 @@ def test_only_the_policy_and_value_heads_learn():
     dyn, heads = world_and_heads()
     heads = randomised(heads, jax.random.key(5))
     rollout = imagine_with_policy(dyn, heads, context(), 4, key=jax.random.key(2), steps=2)
-    grads = jax.grad(lambda h: rl_loss(h, heads, rollout)[0])(heads)
+    grads = jax.grad(lambda h: rl_loss(h, heads, rollout, RLSettings(train_value=True))[0])(heads)
     norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))
     assert norm(grads.reward) == 0.0
     assert norm(grads.policy) > 0.0 and norm(grads.value) > 0.0
-    # With train_value off the value head keeps finetuning's values (no gradient), and the
-    # policy's gradient is the same: the values still make its advantages.
-    frozen = RLSettings(train_value=False)
+    # With train_value off (the default) the value head keeps finetuning's values (no gradient),
+    # and the policy's gradient is the same: the values still make its advantages.
+    frozen = RLSettings()
     still = jax.grad(lambda h: rl_loss(h, heads, rollout, frozen)[0])(heads)
     assert norm(still.value) == 0.0 and norm(still.reward) == 0.0
     for a, b in zip(jax.tree.leaves(still.policy), jax.tree.leaves(grads.policy), strict=True):
@@ -90,9 +90,12 @@ def test_pmpo_in_imagination_prefers_the_rewarded_action():
     prob = lambda h, rollout: float(jnp.mean(jnp.exp(h.act(rollout.features[:, :-1]).log_prob(
         jnp.full(rollout.actions.shape, 2, jnp.int32)))))
     before = prob(heads, data)
+    # The value head starts at 0 here, so it must learn (a value of 0 everywhere makes every
+    # advantage the non-negative return: the same sign for every action).
+    learn_value = RLSettings(train_value=True)
     for i in range(20):  # one update per fresh rollout batch (on-policy)
         rollout = imagine_with_policy(dyn, heads, start, 6, key=jax.random.key(100 + i), steps=2)
-        heads, history = fit(lambda h, key, r=rollout: rl_loss(h, prior, r), heads, 1, lr=1e-2,
-                             key=jax.random.key(i))
+        heads, history = fit(lambda h, key, r=rollout: rl_loss(h, prior, r, learn_value), heads,
+                             1, lr=1e-2, key=jax.random.key(i))
     after = prob(heads, rollout)
     assert before < 0.3 and after > 0.5, (before, after, history[-1])
