@@ -8,8 +8,10 @@ latents gives the video loss and the agent-token features; the heads read those 
 - "reward" (when the batch has rewards): the two-hot cross-entropy of r_{t+n} given h_t and the
   action a_t taken there, over the steps whose reward is known;
 - "value" (when the batch has rewards and `value_from_data`): the two-hot cross-entropy of v(s_t)
-  against the data's lambda-returns (`data_value_targets`): the value of the policy that recorded
-  the data, which imagination RL starts from instead of a value head that reads 0 everywhere.
+  against the data's returns: the discounted return-to-go of the whole episode where the data
+  says how it ended (`returns_to_go`, given to the batch as `returns`), else the window's
+  lambda-returns bootstrapped by the value head itself (`data_value_targets`). This is the value
+  of the policy that recorded the data, the critic imagination RL keeps by default.
 Each term is RMS-normalised (`core.training.rms_normalised`): behaviour cloning's raw loss can
 start three orders of magnitude above the video loss and would otherwise swamp the world model.
 
@@ -17,12 +19,16 @@ Batch (dataset convention, as the dynamics loader reads it): `latents` [b, t, la
 `actions` [b, t, ...] (`actions[t]` taken after frame t), `has_action` [b, t], and optionally
 `rewards` [b, t] (`rewards[t]` earned by `actions[t]`; the loader gives them when the data has
 them) with `has_reward` [b, t] (default: every reward known), and `continues` [b, t] (0 on the
-frame whose action ended the episode; default: no episode ends in the batch).
+frame whose action ended the episode; default: no episode ends in the batch), and `returns`
+[b, t] (`returns_to_go`; NaN where unknown).
 """
+
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from agent.heads import AgentHeads, policy_distribution
@@ -50,6 +56,35 @@ def ahead(x: Array, known: Bool[Array, "batch time"], steps: int
     x, known = pad(x), pad(known)
     take = lambda a: jnp.stack([a[:, n:n + time] for n in range(steps)], axis=2)
     return take(x), take(known)
+
+
+def returns_to_go(rewards: np.ndarray, continues: np.ndarray, clips: Sequence[tuple[str, int]], *,
+                  gamma: float) -> np.ndarray:
+    """float32 [N, L]: for frame t of each clip, G_t = sum_k gamma^k r_{t+k} over the rest of
+    its episode, up to the frame where the episode ended (continues 0); NaN where that is not
+    known: episodes that were cut off (no 0 on their last frame) and frames before a gap no clip
+    covers. `rewards` / `continues` [N, L] per clip, `clips` the (episode, start) of each."""
+    length = rewards.shape[1]
+    episodes: dict[str, list[int]] = {}
+    for i, (episode, _) in enumerate(clips):
+        episodes.setdefault(episode, []).append(i)
+    out = np.full(rewards.shape, np.nan, np.float32)
+    for rows in episodes.values():
+        end = max(clips[i][1] for i in rows) + length
+        reward, cont = np.zeros(end), np.ones(end)
+        seen = np.zeros(end, bool)
+        for i in rows:
+            start = clips[i][1]
+            reward[start:start + length], cont[start:start + length] = rewards[i], continues[i]
+            seen[start:start + length] = True
+        value, known, g = np.full(end, np.nan), cont[-1] == 0, 0.0
+        for t in range(end - 1, -1, -1):
+            known = known and seen[t]
+            g = reward[t] + gamma * cont[t] * g
+            value[t] = g if known else np.nan
+        for i in rows:
+            out[i] = value[clips[i][1]:clips[i][1] + length]
+    return out
 
 
 def data_value_targets(rewards: Float[Array, "batch time"], continues: Float[Array, "batch time"],
@@ -100,6 +135,10 @@ def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyAr
         continues = batch.get("continues", jnp.ones(batch["rewards"].shape, jnp.float32))
         targets, has_target = data_value_targets(batch["rewards"], continues, values,
                                                  gamma=gamma, lam=lam)
+        if "returns" in batch:  # the episode's own return where known, else the window's
+            known = ~jnp.isnan(batch["returns"])
+            targets = jnp.where(known, batch["returns"], targets)
+            has_target = has_target | known
         ce = config.bins.cross_entropy(value_logits, config.bins.two_hot(targets))
         terms["value"] = _mean(ce, has_target)
     total, rms_sq = rms_normalised(terms, rms_sq_old, step, decay=decay)

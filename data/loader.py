@@ -16,11 +16,13 @@ uint8 [B, T, H, W, 3], from latent folders latents float32 [B, T, ...], and acti
 (float32 or int32, see the index's action layout) and has_action bool [B, T]; where the data has
 them also rewards float32 [B, T] (`rewards[t]` earned by `actions[t]`), continues float32 [B, T]
 (0 where the episode ended) and task int32 [B, T] (and, from clip folders, states float32
-[B, T, S]; `data.clips` describes the shards).
+[B, T, S]; `data.clips` describes the shards). `extra` arrays ([clips of the split, L, ...], by
+clip position) join each clip's arrays and are cut to the same window: per-frame values a caller
+derives from the clips (agent finetuning's returns-to-go).
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -42,18 +44,24 @@ def _import_grain():
 class ClipSource:
     """Random access to every clip of one split: `source[i]` -> dict of [L, ...] array views."""
 
-    def __init__(self, clips_dir: str, split: str):
+    def __init__(self, clips_dir: str, split: str, extra: Mapping[str, np.ndarray] | None = None):
         self.store, self.split = ClipStore(clips_dir), split
         self.clips = self.store.count(split)
         if not self.clips:
             raise DataError(f"{clips_dir}: split {split!r} holds no clips")
         self.clip_length = self.store.clip_length
+        self.extra = dict(extra or {})
+        for key, value in self.extra.items():
+            if value.shape[:2] != (self.clips, self.clip_length):
+                raise ValueError(f"extra array {key!r} is {value.shape}; it needs one row per clip "
+                                 f"of split {split!r} and one value per frame: "
+                                 f"({self.clips}, {self.clip_length}, ...)")
 
     def __len__(self) -> int:
         return self.clips
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return self.store.clip(self.split, i)
+        return self.store.clip(self.split, i) | {k: v[i] for k, v in self.extra.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,7 @@ def make_loader(
     num_threads: int = 2,
     prefetch_batches: int = 4,
     num_workers: int = 0,
+    extra: Mapping[str, np.ndarray] | None = None,
 ):
     """A grain iterator over batches (see the module docstring); never ends.
 
@@ -98,7 +107,7 @@ def make_loader(
     defaults to uniform. `num_workers` > 0 adds grain worker processes on top of the threads.
     """
     grain = _import_grain()
-    source = ClipSource(clips_dir, split)
+    source = ClipSource(clips_dir, split, extra)
     seq_lengths = tuple(seq_lengths or (source.clip_length,))
     if max(seq_lengths) > source.clip_length or min(seq_lengths) < 1:
         raise ValueError(

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from agent.finetune import TERMS, Agent, finetune_loss
+from agent.finetune import TERMS, Agent, finetune_loss, returns_to_go
 from agent.heads import AgentHeads, HeadsConfig, load_heads, save_heads
 from agent.imagination import RLSettings, imagine_with_policy, rl_loss
 from core.training import init_state, make_train_step
@@ -173,11 +173,28 @@ def agent_finetune_stage(config, work: Workdir, mesh) -> None:
         save_heads(folder, agent.heads, step=step_count)
         print(f"[agent_finetune] saved the agent to {os.path.dirname(folder)}", flush=True)
 
+    extra = data_returns(latents, a.gamma) if a.finetune_value else None
     train("agent_finetune", work.root, state, step_fn,
-          _loader(config, work.latents, train_config), train_config, mesh,
+          _loader(config, work.latents, train_config, extra=extra), train_config, mesh,
           key=jax.random.key(config.seed + 11), export=export)
     if not os.path.isfile(os.path.join(work.eval, "agent_world_model.json")):
         compare_world_models(config, work)
+
+
+def data_returns(latents: ClipStore, gamma: float) -> dict[str, np.ndarray] | None:
+    """{"returns": the training clips' returns-to-go (`agent.finetune.returns_to_go`)} when
+    the latent shards hold rewards and episode ends, else None (the value then learns from
+    bootstrapped window returns alone)."""
+    shards = [latents.read_shard("train", name) for name, _ in latents.shards("train")]
+    if not all("rewards" in s and "continues" in s for s in shards):
+        return None
+    rewards = np.concatenate([s["rewards"] for s in shards])
+    continues = np.concatenate([s["continues"] for s in shards])
+    returns = returns_to_go(rewards, continues, latents.ids("train"), gamma=gamma)
+    print(f"[agent_finetune] value targets: the episode's return-to-go for "
+          f"{np.mean(~np.isnan(returns)):.0%} of the training frames (episodes that end in the "
+          "data), bootstrapped window returns for the rest", flush=True)
+    return {"returns": returns}
 
 
 def compare_world_models(config, work: Workdir) -> dict:

@@ -77,12 +77,12 @@ def shared_data_stage(config, work: Workdir, mesh) -> None:
         multihost_utils.sync_global_devices("data stage")
 
 
-def _loader(config, folder: str, train, *, split="train"):
+def _loader(config, folder: str, train, *, split="train", extra=None):
     return make_loader(folder, split, batch_size=train.batch // jax.process_count(),
                        seq_lengths=tuple(train.seq_lengths),
                        length_weights=tuple(train.length_weights) or None, seed=config.seed,
                        process_index=jax.process_index(), process_count=jax.process_count(),
-                       num_threads=config.data.loader_threads)
+                       num_threads=config.data.loader_threads, extra=extra)
 
 
 def _perceptual(config):

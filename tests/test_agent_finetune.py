@@ -12,7 +12,14 @@ import numpy as np
 import optax
 
 from agent.distributions import Bins
-from agent.finetune import TERMS, Agent, ahead, data_value_targets, finetune_loss
+from agent.finetune import (
+    TERMS,
+    Agent,
+    ahead,
+    data_value_targets,
+    finetune_loss,
+    returns_to_go,
+)
 from agent.heads import AgentHeads, HeadsConfig
 from core.training import init_state, make_train_step
 from dynamics.actions import ActionSpec, align_actions
@@ -94,6 +101,30 @@ def test_data_value_targets_match_the_n_step_definition():
     np.testing.assert_array_equal(has[:, -1], [True, False])
 
 
+def test_returns_to_go_gather_each_episode_from_its_clips():
+    gamma, length = 0.9, 4
+    # "a": 6 frames ending on its last (clips at 0 and 2, overlapping); "b": 6 frames cut off;
+    # "c": 10 frames ending on its last, but clips at 0 and 6 leave frames 4 and 5 unseen.
+    episodes = {"a": (6, [0, 2], True), "b": (6, [0, 2], False), "c": (10, [0, 6], True)}
+    reward_of = lambda name, t: 1.0 + t + 10.0 * "abc".index(name)
+    clips, rewards, continues = [], [], []
+    for name, (frames, starts, ended) in episodes.items():
+        for start in starts:
+            t = np.arange(start, start + length)
+            clips.append((name, start))
+            rewards.append(reward_of(name, t))
+            continues.append(np.where(ended & (t == frames - 1), 0.0, 1.0))
+    got = returns_to_go(np.array(rewards), np.array(continues), clips, gamma=gamma)
+    for row, (name, start) in enumerate(clips):
+        frames, _, ended = episodes[name]
+        for k, t in enumerate(range(start, start + length)):
+            if ended and not (name == "c" and t < 6):
+                expected = sum(gamma ** (u - t) * reward_of(name, u) for u in range(t, frames))
+                np.testing.assert_allclose(got[row, k], expected, rtol=1e-6)
+            else:  # cut off, or before the unseen frames: not known
+                assert np.isnan(got[row, k]), (name, t)
+
+
 def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_one():
     agent, batch = make_agent(), make_batch()
     key = jax.random.key(3)
@@ -140,25 +171,43 @@ def test_finetuning_clones_the_behaviour_and_keeps_the_video_loss_running():
     assert float(metrics["skipped"]) == 0
 
 
+def fitted_values(batch, steps=200):
+    """The value head's values on the batch after `steps` finetuning steps (gamma 0.8, lambda
+    0.5), averaged over its rows."""
+    loss = functools.partial(finetune_loss, value_from_data=True, gamma=0.8, lam=0.5)
+    step = make_train_step(loss, optax.adam(3e-3))
+    state = init_state(make_agent(mtp=1), optax.adam(3e-3), loss_state=zeros())
+    for i in range(steps):
+        state, _ = step(state, batch, jax.random.key(i))
+    _, _, features = dynamics_loss(
+        state.model.dynamics, batch["latents"],
+        *align_actions(batch["actions"], batch["has_action"]), key=jax.random.key(0),
+        image_fraction=0.0, with_features=True)
+    heads = state.model.heads
+    return np.mean(heads.config.bins.decode(heads.value_logits(features["agent"])), axis=0)
+
+
+def one_episode_batch(**arrays):
+    """8 copies of one 6-frame clip with action 0 throughout, plus `arrays`."""
+    rng = np.random.default_rng(2)
+    latents = jnp.asarray(np.tanh(rng.normal(size=(1, 6, 4, 3))), jnp.float32).repeat(8, 0)
+    return {"latents": latents, "actions": jnp.zeros((8, 6), jnp.int32),
+            "has_action": jnp.ones((8, 6), bool)} | arrays
+
+
 def test_the_value_head_learns_the_datas_discounted_return():
     # Every window is a whole episode that ends on its last frame with reward 1, so the value of
     # frame t is gamma^(5 - t) exactly; lambda = 0.5 bootstraps from the head's own values, and
     # the fixed point of those targets is still that return.
-    agent = make_agent(mtp=1)
-    rng = np.random.default_rng(2)
-    latents = jnp.asarray(np.tanh(rng.normal(size=(1, 6, 4, 3))), jnp.float32).repeat(8, 0)
-    rewards = jnp.zeros((8, 6)).at[:, -1].set(1.0)
-    batch = {"latents": latents, "actions": jnp.zeros((8, 6), jnp.int32),
-             "has_action": jnp.ones((8, 6), bool), "rewards": rewards,
-             "continues": jnp.ones((8, 6)).at[:, -1].set(0.0)}
-    loss = functools.partial(finetune_loss, value_from_data=True, gamma=0.8, lam=0.5)
-    step = make_train_step(loss, optax.adam(3e-3))
-    state = init_state(agent, optax.adam(3e-3), loss_state=zeros())
-    for i in range(200):
-        state, _ = step(state, batch, jax.random.key(i))
-    _, _, features = dynamics_loss(
-        state.model.dynamics, latents, *align_actions(batch["actions"], batch["has_action"]),
-        key=jax.random.key(0), image_fraction=0.0, with_features=True)
-    heads = state.model.heads
-    values = heads.config.bins.decode(heads.value_logits(features["agent"]))
-    np.testing.assert_allclose(np.mean(values, axis=0), 0.8 ** np.arange(5, -1, -1), atol=0.05)
+    batch = one_episode_batch(rewards=jnp.zeros((8, 6)).at[:, -1].set(1.0),
+                              continues=jnp.ones((8, 6)).at[:, -1].set(0.0))
+    np.testing.assert_allclose(fitted_values(batch), 0.8 ** np.arange(5, -1, -1), atol=0.05)
+
+
+def test_the_value_head_learns_given_returns_where_windows_cannot_tell():
+    # The windows neither end their episodes nor hold a reward, so bootstrapped window returns
+    # alone would leave the value at 0; the episodes' returns-to-go (`returns`) are gamma^(5 - t).
+    target = 0.8 ** np.arange(5, -1, -1)
+    batch = one_episode_batch(rewards=jnp.zeros((8, 6)), continues=jnp.ones((8, 6)),
+                              returns=jnp.asarray(np.tile(target, (8, 1)), jnp.float32))
+    np.testing.assert_allclose(fitted_values(batch), target, atol=0.05)

@@ -217,3 +217,21 @@ def test_bad_rewards_continues_and_task_name_the_file(tmp_path, key, value, mess
     with pytest.warns(SkippedDataWarning, match=r"skipped 1 of 3 episode files.*ep1\.npz"):
         kept = npz_episodes(str(tmp_path), skip_bad=True)
     assert [e.name for e in kept] == ["ep0", "ep2"]
+
+
+def test_extra_arrays_join_the_batches_cut_to_the_same_window(tmp_path):
+    clips = prepare(tmp_path)
+    ids = clips.ids("train")  # a value per clip frame: 100 * (clip start) + frame
+    extra = np.array([[100.0 * start + t for t in range(start, start + 4)] for _, start in ids])
+    loader = make_loader(clips.folder, batch_size=2, seq_lengths=(3,), seed=1, num_threads=1,
+                         extra={"returns": extra})
+    for _ in range(4):
+        batch = next(loader)
+        e, t = frame_ids(batch["frames"])
+        start = (batch["returns"][:, 0] // 100).astype(int)
+        np.testing.assert_array_equal(batch["returns"], 100 * start[:, None] + t)
+        assert all(ClipId(f"ep{a}", b) in ids for a, b in zip(e[:, 0], start, strict=True))
+    with pytest.raises(ValueError, match=r"extra array 'returns' is \(5, 3\); it needs one row "
+                                         r"per clip of split 'train' and one value per frame: "
+                                         r"\(5, 4, \.\.\.\)"):
+        make_loader(clips.folder, batch_size=2, extra={"returns": extra[:, :3]})
