@@ -11,7 +11,8 @@ the world model imagines with the policy acting.
    actions, decoded by the mode of the two-hot distribution by default (the mean spreads spurious
    mass over bins far from the reward; `RLSettings.reward_decode` "mean" reads it anyway, for
    rewards so rare that the mode is always 0) and held constant. Imagined rollouts have no
-   episode ends (continues 1). Only the policy and value heads receive gradients.
+   episode ends (continues 1). Only the policy head receives gradients, and the value head with
+   `RLSettings.train_value` (by default it keeps the value finetuning fitted to the data).
 """
 
 import dataclasses

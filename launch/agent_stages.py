@@ -10,7 +10,8 @@ agent_finetune  latents + models/dynamics -> models/agent/{dynamics,heads}: the 
                 (finetuning must not make the world model worse)
 agent_rl        models/agent + latents -> models/agent_rl/heads: the transformer frozen, PMPO on
                 rollouts imagined from training contexts with the policy acting
-                (`agent.imagination`), `rl_iterations` updates of the policy and value heads
+                (`agent.imagination`), `rl_iterations` updates of the policy head (and of the
+                value head with `rl_train_value`)
 agent_eval      see launch/agent_eval.py: both policies closed-loop in the real environment
                 (the embedded simulator or procgen CoinRun)
 

@@ -82,11 +82,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("agent_finetune", ("latents/", "models/dynamics/"),
           ("models/agent/", "agent_finetune/", "logs/agent_finetune/",
            "eval/agent_world_model.json"),
-          "adds agent tokens and heads to the dynamics model and finetunes behaviour cloning and "
-          "rewards beside the video loss; the world model's rollout metrics before and after",
+          "adds agent tokens and heads to the dynamics model and finetunes behaviour cloning, "
+          "rewards and the data's value beside the video loss; the world model's rollout metrics "
+          "before and after",
           "launch.agent_stages:agent_finetune_stage", "launch.agent_stages:agent_problems"),
     Stage("agent_rl", ("latents/", "models/agent/"), ("models/agent_rl/", "logs/agent_rl/"),
-          "imagination RL (PMPO) of the policy and value heads, the transformer frozen",
+          "imagination RL (PMPO) of the policy head against the data's fixed value (or with "
+          "the value head), the transformer frozen",
           "launch.agent_stages:agent_rl_stage"),
     Stage("agent_eval", ("models/tokenizer/", "models/agent/", "models/agent_rl/"),
           ("eval/agent_summary.json",),
