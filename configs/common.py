@@ -7,7 +7,8 @@ Fields (every size lives here, none in code):
   `action_classes` (class count per part of discrete or multi-part actions; empty: the source's
   own), `normalise_actions` (standardise continuous actions per dimension with the training
   data's statistics; off: on the simulator it changed nothing measurable, BENCHMARKS.md), and the
-  generators' settings (`sim_*`, `gen_episodes`, `gen_max_length`, `craftax_classic`,
+  generators' settings (`sim_*`: `sim_demos` picks the simulator's demonstrations, "tasks" or
+  "lift", data/sim_demos.py; `gen_episodes`, `gen_max_length`, `craftax_classic`,
   `coinrun_levels`: distinct CoinRun levels, 0 for one per episode; `coinrun_scripted`: the share
   of CoinRun episodes played by a noisy scripted player instead of random actions, data/coinrun.py);
 - tokenizer: `tokenizer.TokenizerConfig` fields with its defaults (image_size comes from data),
@@ -100,7 +101,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
         format="sim", path="", image_size=(64, 64), clip_length=32, clip_stride=16,
         eval_fraction=0.1, workers=2, skip_bad=False, action_classes=(),
         sim_train_episodes=64, sim_eval_episodes=8, sim_episode_length=120, sim_render_size=200,
-        sim_frame_skip=1,
+        sim_frame_skip=1, sim_demos="tasks",
         gen_episodes=100, gen_max_length=1000, craftax_classic=True, coinrun_levels=0,
         coinrun_scripted=0.0,
         loader_threads=2, normalise_actions=False,

@@ -18,7 +18,7 @@ import os
 from absl import app, flags
 
 from data.clips import ClipSettings, prepare_clips
-from data.sim_demos import SimSettings
+from data.sim_demos import DEMOS, SimSettings
 from data.sources import NAMES, SourceOptions, source_splits
 
 _FORMAT = flags.DEFINE_enum("format", "sim", NAMES, "source format (data/sources.py)")
@@ -37,6 +37,7 @@ _SIM_EVAL = flags.DEFINE_integer("sim_eval_episodes", 8, "sim: validation episod
 _SIM_LENGTH = flags.DEFINE_integer("sim_episode_length", 120, "sim: frames per episode")
 _SIM_RENDER = flags.DEFINE_integer("sim_render_size", 200, "sim: rendered frame side")
 _SIM_FRAME_SKIP = flags.DEFINE_integer("sim_frame_skip", 1, "sim: 30 Hz steps per frame")
+_SIM_DEMOS = flags.DEFINE_enum("sim_demos", "tasks", list(DEMOS), "sim: demonstrations' mix")
 _GEN_EPISODES = flags.DEFINE_integer("gen_episodes", 100, "coinrun/craftax: episodes")
 _GEN_MAX_LENGTH = flags.DEFINE_integer("gen_max_length", 1000, "coinrun/craftax: frames at most")
 _CRAFTAX_CLASSIC = flags.DEFINE_bool("craftax_classic", True, "craftax: Classic (else full)")
@@ -51,7 +52,7 @@ def main(argv):
     image_size = tuple(size * 2 if len(size) == 1 else size) or None
     sim = SimSettings(
         _SIM_TRAIN.value, _SIM_EVAL.value, _SIM_LENGTH.value, _SIM_RENDER.value, _SEED.value,
-        _SIM_FRAME_SKIP.value,
+        _SIM_FRAME_SKIP.value, _SIM_DEMOS.value,
     )
     options = SourceOptions(
         seed=_SEED.value, workers=_WORKERS.value, eval_fraction=_EVAL_FRACTION.value,

@@ -6,6 +6,14 @@ motion, so that actions vary beyond the scripts). A task is a list of waypoints 
 centre point; the policy steers toward the current one with a clipped proportional relative
 action plus Gaussian noise, so the recorded actions explain the motion.
 
+`demos` picks the mix (`DEMOS`): "tasks" (the default) chains all four kinds at a fixed noise;
+"lift" only picks blocks up and puts them down, each episode at its own noise level drawn from
+1x to 10x the default (translation noise std 0.15 to 1.5 in action units, per control step):
+demonstrations of mixed quality for the "lift"
+task of data/sim_tasks.py, from a demonstrator that lifts a block within 32 frames from a fresh
+scene nearly every time to one that rarely does (at 10 Hz: 100%, 78%, 22% and 8% at noise 0.15,
+0.5, 1.0 and 1.5, over 40 scenes each), so the task's reward varies from episode to episode.
+
 With `frame_skip` k > 1 a frame is recorded every k control steps (30 / k Hz) and its relative
 action is the mean of the k actions taken (one unit then moves k x 0.02 m; the gripper entry is
 the last one), as if the robot were controlled at 30 / k Hz.
@@ -45,9 +53,25 @@ HOVER = 0.14  # height above a block for approach moves
 
 
 @dataclasses.dataclass(frozen=True)
+class DemoMix:
+    """Which tasks the scripted demonstrator chains (weights of reach, push, pick, wander) and
+    the range its per-episode noise scale is drawn from (uniformly; it multiplies
+    `TRANSLATION_NOISE` and `ROTATION_NOISE`)."""
+
+    weights: tuple[float, float, float, float]
+    noise_scale: tuple[float, float]
+
+
+DEMOS = {"tasks": DemoMix((0.25, 0.3, 0.3, 0.15), (1.0, 1.0)),
+         "lift": DemoMix((0.0, 0.0, 1.0, 0.0), (1.0, 10.0))}
+TRANSLATION_NOISE, ROTATION_NOISE = 0.15, 0.1  # Gaussian noise std per action entry, at scale 1
+
+
+@dataclasses.dataclass(frozen=True)
 class SimSettings:
-    """What to generate: episodes per split, frames per episode, render size, seed, and
-    `frame_skip`: 30 Hz control steps per recorded frame (1: CALVIN's rate; 3: 10 Hz)."""
+    """What to generate: episodes per split, frames per episode, render size, seed,
+    `frame_skip`: 30 Hz control steps per recorded frame (1: CALVIN's rate; 3: 10 Hz), and
+    `demos`: the demonstrations' mix of tasks and noise (`DEMOS`)."""
 
     train_episodes: int = 64
     eval_episodes: int = 8
@@ -55,10 +79,21 @@ class SimSettings:
     image_size: int = 200
     seed: int = 0
     frame_skip: int = 1
+    demos: str = "tasks"
 
     def __post_init__(self):
         if self.frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {self.frame_skip}.")
+        if self.demos not in DEMOS:
+            raise ValueError(f"unknown demos {self.demos!r}; use one of {tuple(DEMOS)}.")
+
+    def recorded(self) -> dict:
+        """The settings as `simulator.json` records them (the default `demos` left out, so
+        folders generated before it existed still resume)."""
+        fields = dataclasses.asdict(self)
+        if self.demos == "tasks":
+            del fields["demos"]
+        return fields
 
     def episodes(self, split: str) -> int:
         return self.train_episodes if split == "training" else self.eval_episodes
@@ -117,15 +152,16 @@ def _task(kind: str, sim: TabletopSim, rng: np.random.Generator) -> list[Waypoin
 class ScriptedPolicy:
     """Chains random tasks; `act(sim)` returns the next 7-D relative action in [-1, 1]."""
 
-    def __init__(self, rng: np.random.Generator):
-        self.rng = rng
+    def __init__(self, rng: np.random.Generator, *, noise_scale: float = 1.0,
+                 weights: tuple[float, ...] = DEMOS["tasks"].weights):
+        self.rng, self.noise_scale, self.weights = rng, noise_scale, weights
         self.waypoints: list[Waypoint] = []
         self.steps_on_waypoint = 0
         self.held = 0
 
     def act(self, sim: TabletopSim) -> np.ndarray:
         if not self.waypoints:
-            kind = self.rng.choice(["reach", "push", "pick", "wander"], p=[0.25, 0.3, 0.3, 0.15])
+            kind = self.rng.choice(["reach", "push", "pick", "wander"], p=self.weights)
             self.waypoints = _task(kind, sim, self.rng)
         target = self.waypoints[0]
         position, euler = sim.tcp_pose()
@@ -136,10 +172,11 @@ class ScriptedPolicy:
         if self.held > target.hold or self.steps_on_waypoint > WAYPOINT_PATIENCE:
             self.waypoints.pop(0)
             self.steps_on_waypoint = self.held = 0
-        translation = np.clip(offset / POSITION_SCALE, -1, 1) + self.rng.normal(0, 0.15, 3)
+        noise = TRANSLATION_NOISE * self.noise_scale
+        translation = np.clip(offset / POSITION_SCALE, -1, 1) + self.rng.normal(0, noise, 3)
         rotation_error = wrap_angle(DOWN + np.array([0.0, 0.0, target.yaw]) - euler)
         rotation = np.clip(0.5 * rotation_error / ROTATION_SCALE, -1, 1)
-        rotation += self.rng.normal(0, 0.1, 3)
+        rotation += self.rng.normal(0, ROTATION_NOISE * self.noise_scale, 3)
         action = np.concatenate([np.clip(translation, -1, 1), np.clip(rotation, -1, 1)])
         return np.append(action, target.gripper)
 
@@ -154,7 +191,9 @@ def generate_episode(root: str, split: str, index: int, settings: SimSettings) -
     sim = _SIMULATORS[settings.image_size]
     rng = np.random.default_rng((settings.seed, SPLITS.index(split), index))
     sim.reset(rng)
-    policy = ScriptedPolicy(rng)
+    mix = DEMOS[settings.demos]
+    scale = np.random.default_rng((settings.seed, SPLITS.index(split), index, 1))
+    policy = ScriptedPolicy(rng, noise_scale=scale.uniform(*mix.noise_scale), weights=mix.weights)
     split_dir = os.path.join(root, split)
     first_id = index * settings.episode_length
     for t in range(settings.episode_length):
@@ -182,7 +221,7 @@ def generate_calvin_dataset(
 
     Raises DataError if `root` holds a simulated dataset made with other settings.
     """
-    claim_folder(root, "simulator.json", dataclasses.asdict(settings))
+    claim_folder(root, "simulator.json", settings.recorded())
     splits = [split for split in SPLITS if settings.episodes(split) > 0]
     for split in splits:
         os.makedirs(os.path.join(root, split), exist_ok=True)

@@ -13,7 +13,7 @@ import ml_collections
 
 from data import sources
 from data.episode import ActionLayout
-from data.sim_demos import SimSettings
+from data.sim_demos import DEMOS, SimSettings
 from data.sources import SourceOptions
 from dynamics import ActionSpec, DynamicsConfig
 from launch import pipeline
@@ -97,7 +97,7 @@ def source_options(config) -> SourceOptions:
     """The data source's settings from config.data (and the seed)."""
     data = config.data
     sim = SimSettings(data.sim_train_episodes, data.sim_eval_episodes, data.sim_episode_length,
-                      data.sim_render_size, config.seed, data.sim_frame_skip)
+                      data.sim_render_size, config.seed, data.sim_frame_skip, data.sim_demos)
     return SourceOptions(seed=config.seed, workers=data.workers,
                          eval_fraction=data.eval_fraction, skip_bad=data.skip_bad, sim=sim,
                          episodes=data.gen_episodes, max_length=data.gen_max_length,
@@ -180,6 +180,9 @@ def data_problems(config, device_count: int) -> list[str]:
     if data.sim_frame_skip < 1:
         found.append(f"config.data.sim_frame_skip must be >= 1 (30 Hz control steps per "
                      f"recorded frame), got {data.sim_frame_skip}.")
+    if data.sim_demos not in DEMOS:
+        found.append(f"config.data.sim_demos: {data.sim_demos!r} is not one of {tuple(DEMOS)} "
+                     "(data/sim_demos.py).")
     if data.coinrun_levels < 0:
         found.append(f"config.data.coinrun_levels must be >= 0 (0: a new level per episode), "
                      f"got {data.coinrun_levels}.")
@@ -194,7 +197,8 @@ def data_problems(config, device_count: int) -> list[str]:
     if any(not isinstance(c, int) or c < 1 for c in data.action_classes):
         found.append(f"config.data.action_classes must be positive class counts, one per action "
                      f"part, got {tuple(data.action_classes)}.")
-    known_source = data.format in sources.NAMES and data.sim_frame_skip >= 1  # (SimSettings)
+    known_source = (data.format in sources.NAMES and data.sim_frame_skip >= 1
+                    and data.sim_demos in DEMOS)  # (SimSettings)
     defaults = default_action_classes(config) if known_source else ()
     if data.action_classes and defaults and len(data.action_classes) != len(defaults):
         found.append(f"config.data.action_classes: {data.format} actions have {len(defaults)} "
