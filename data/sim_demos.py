@@ -7,12 +7,13 @@ centre point; the policy steers toward the current one with a clipped proportion
 action plus Gaussian noise, so the recorded actions explain the motion.
 
 `demos` picks the mix (`DEMOS`): "tasks" (the default) chains all four kinds at a fixed noise;
-"lift" only picks blocks up and puts them down, each episode at its own noise level drawn from
-1x to 10x the default (translation noise std 0.15 to 1.5 in action units, per control step):
-demonstrations of mixed quality for the "lift"
-task of data/sim_tasks.py, from a demonstrator that lifts a block within 32 frames from a fresh
-scene nearly every time to one that rarely does (at 10 Hz: 100%, 78%, 22% and 8% at noise 0.15,
-0.5, 1.0 and 1.5, over 40 scenes each), so the task's reward varies from episode to episode.
+"lift" only picks up the block nearest to the gripper and puts it down elsewhere, each episode
+at its own noise level drawn from 1x to 10x the default (translation noise std 0.15 to 1.5 in
+action units, per control step): demonstrations of mixed quality for the "lift" task of
+data/sim_tasks.py, whose actions follow from the scene (which block, where to grasp) up to the
+noise. From a fresh scene the demonstrator lifts a block within 32 frames at 10 Hz in 100%,
+72%, 32%, 28% and 5% of 40 scenes at 1x, 3.3x, 5.3x, 6.7x and 10x, so the task's reward varies
+from episode to episode.
 
 With `frame_skip` k > 1 a frame is recorded every k control steps (30 / k Hz) and its relative
 action is the mean of the k actions taken (one unit then moves k x 0.02 m; the gripper entry is
@@ -54,16 +55,18 @@ HOVER = 0.14  # height above a block for approach moves
 
 @dataclasses.dataclass(frozen=True)
 class DemoMix:
-    """Which tasks the scripted demonstrator chains (weights of reach, push, pick, wander) and
-    the range its per-episode noise scale is drawn from (uniformly; it multiplies
-    `TRANSLATION_NOISE` and `ROTATION_NOISE`)."""
+    """Which tasks the scripted demonstrator chains (weights of reach, push, pick, wander), the
+    range its per-episode noise scale is drawn from (uniformly; it multiplies
+    `TRANSLATION_NOISE` and `ROTATION_NOISE`), and whether a task takes the block nearest to
+    the gripper (what it does then follows from the scene) or a random one."""
 
     weights: tuple[float, float, float, float]
     noise_scale: tuple[float, float]
+    nearest: bool = False
 
 
 DEMOS = {"tasks": DemoMix((0.25, 0.3, 0.3, 0.15), (1.0, 1.0)),
-         "lift": DemoMix((0.0, 0.0, 1.0, 0.0), (1.0, 10.0))}
+         "lift": DemoMix((0.0, 0.0, 1.0, 0.0), (1.0, 10.0), nearest=True)}
 TRANSLATION_NOISE, ROTATION_NOISE = 0.15, 0.1  # Gaussian noise std per action entry, at scale 1
 
 
@@ -111,9 +114,16 @@ def _above(point: np.ndarray, height: float) -> np.ndarray:
     return point + np.array([0.0, 0.0, height])
 
 
-def _task(kind: str, sim: TabletopSim, rng: np.random.Generator) -> list[Waypoint]:
-    """Waypoints of one task, planned from the scene as it is now."""
-    block, block_euler = sim.block_poses()[rng.integers(len(sim.blocks))]
+def _task(kind: str, sim: TabletopSim, rng: np.random.Generator, *, nearest: bool = False
+          ) -> list[Waypoint]:
+    """Waypoints of one task, planned from the scene as it is now, on a random block or (with
+    `nearest`) the block nearest to the tool centre point in the table's plane."""
+    poses = sim.block_poses()
+    if nearest:
+        tcp = sim.tcp_pose()[0]
+        block, block_euler = min(poses, key=lambda pose: np.linalg.norm(pose[0][:2] - tcp[:2]))
+    else:
+        block, block_euler = poses[rng.integers(len(sim.blocks))]
     yaw = float((block_euler[2] + np.pi / 4) % (np.pi / 2) - np.pi / 4)  # cube: yaw mod 90 deg
     low = TABLE_TOP + BLOCK_HALF
     if kind == "reach":
@@ -153,8 +163,8 @@ class ScriptedPolicy:
     """Chains random tasks; `act(sim)` returns the next 7-D relative action in [-1, 1]."""
 
     def __init__(self, rng: np.random.Generator, *, noise_scale: float = 1.0,
-                 weights: tuple[float, ...] = DEMOS["tasks"].weights):
-        self.rng, self.noise_scale, self.weights = rng, noise_scale, weights
+                 weights: tuple[float, ...] = DEMOS["tasks"].weights, nearest: bool = False):
+        self.rng, self.noise_scale, self.weights, self.nearest = rng, noise_scale, weights, nearest
         self.waypoints: list[Waypoint] = []
         self.steps_on_waypoint = 0
         self.held = 0
@@ -162,7 +172,7 @@ class ScriptedPolicy:
     def act(self, sim: TabletopSim) -> np.ndarray:
         if not self.waypoints:
             kind = self.rng.choice(["reach", "push", "pick", "wander"], p=self.weights)
-            self.waypoints = _task(kind, sim, self.rng)
+            self.waypoints = _task(kind, sim, self.rng, nearest=self.nearest)
         target = self.waypoints[0]
         position, euler = sim.tcp_pose()
         offset = target.position - position
@@ -193,7 +203,8 @@ def generate_episode(root: str, split: str, index: int, settings: SimSettings) -
     sim.reset(rng)
     mix = DEMOS[settings.demos]
     scale = np.random.default_rng((settings.seed, SPLITS.index(split), index, 1))
-    policy = ScriptedPolicy(rng, noise_scale=scale.uniform(*mix.noise_scale), weights=mix.weights)
+    policy = ScriptedPolicy(rng, noise_scale=scale.uniform(*mix.noise_scale), weights=mix.weights,
+                            nearest=mix.nearest)
     split_dir = os.path.join(root, split)
     first_id = index * settings.episode_length
     for t in range(settings.episode_length):

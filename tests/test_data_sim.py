@@ -1,5 +1,6 @@
 """The embedded tabletop simulator and its CALVIN-format demonstrations."""
 
+import json
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from data.calvin import calvin_episodes, frame_path
 from data.episode import DataError
 from data.sim import TabletopSim
-from data.sim_demos import SimSettings, generate_calvin_dataset
+from data.sim_demos import DEMOS, ScriptedPolicy, SimSettings, generate_calvin_dataset
 
 pytest.importorskip("pybullet")
 
@@ -96,3 +97,42 @@ def test_frame_skip_records_every_kth_control_step(tmp_path):
     assert 2.0 < motions[3] / motions[1] < 4.0
     with pytest.raises(ValueError, match="frame_skip"):
         SimSettings(frame_skip=0)
+
+
+def test_demo_mixes_pick_their_tasks_and_scale_their_noise():
+    """"lift" demonstrations plan only pick-and-place; the noise scale multiplies the Gaussian
+    noise on the controller's action: with the same draws, the action's departure from the
+    noiseless one grows by exactly the scale wherever no clipping intervenes."""
+    sim = TabletopSim(32)
+    sim.reset(np.random.default_rng(3))
+    lift = DEMOS["lift"]
+    grippers = []
+    for _ in range(5):
+        policy = ScriptedPolicy(np.random.default_rng(len(grippers)), weights=lift.weights)
+        policy.act(sim)
+        grippers.append([w.gripper for w in policy.waypoints])
+    assert grippers == [[1.0, 1.0, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0]] * 5  # the pick's plan
+    actions = {scale: ScriptedPolicy(np.random.default_rng(7), noise_scale=scale).act(sim)
+               for scale in (0.0, 1.0, 4.0)}
+    base = actions[0.0]
+    free = (np.abs(actions[4.0]) < 1) & (np.abs(actions[1.0]) < 1)
+    free[6] = False  # the gripper entry carries no noise
+    assert free.sum() >= 3
+    np.testing.assert_allclose((actions[4.0] - base)[free], 4 * (actions[1.0] - base)[free],
+                               rtol=1e-9, atol=1e-12)
+    assert np.all(np.abs(actions[1.0] - base)[free] > 0)
+    sim.close()
+
+
+def test_demo_mix_is_recorded_and_checked(tmp_path):
+    """The default mix is left out of simulator.json (folders from before it resume); another
+    mix is recorded, so it cannot resume a folder of the default one."""
+    root = str(tmp_path / "sim")
+    generate_calvin_dataset(root, SimSettings(1, 0, 4, 32), progress=False)
+    with open(os.path.join(root, "simulator.json")) as f:
+        assert "demos" not in json.load(f)
+    with pytest.raises(DataError, match="other settings"):
+        generate_calvin_dataset(root, SimSettings(1, 0, 4, 32, demos="lift"), progress=False)
+    assert SimSettings(demos="lift").recorded()["demos"] == "lift"
+    with pytest.raises(ValueError, match="unknown demos"):
+        SimSettings(demos="juggle")
