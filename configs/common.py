@@ -28,7 +28,9 @@ Fields (every size lives here, none in code):
   `task` whose success detector gives the rewards (data/sim_tasks.py; sources with states; where
   the data holds rewards, as CoinRun's do, just the task's name), the
   agent tokens and heads (`agent_tokens`, `hidden`, `mtp`, `action_bins`), finetuning
-  (`finetune_steps`, `finetune_lr`, and `finetune_value`: train the value head on the data's
+  (`finetune_steps`, `finetune_lr`, `context_rows`: rows of each batch whose frames all sit at
+  the context signal level a policy acts on, the only rows the agent losses read (0: every row,
+  at the video loss's noise levels), and `finetune_value`: train the value head on the data's
   lambda-returns, where the data has rewards), imagination RL (`rl_iterations`, `rl_batch`,
   `rl_context`, `rl_horizon`, `rl_steps` sampling steps, `rl_lr`, `gamma`, `lam`, `alpha`,
   `beta`, `reward_decode`: how imagined rewards are read off the reward head, "mode" or
@@ -126,7 +128,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     ))
     config.agent = ml_collections.ConfigDict(dict(
         task="lift", agent_tokens=4, hidden=256, mtp=8, action_bins=21,
-        finetune_steps=2000, finetune_lr=3e-4, finetune_value=True,
+        finetune_steps=2000, finetune_lr=3e-4, finetune_value=True, context_rows=0,
         rl_iterations=1000, rl_batch=32, rl_context=8, rl_horizon=16, rl_steps=4, rl_lr=3e-4,
         gamma=0.997, lam=0.95, alpha=0.5, beta=0.3, reward_decode="mode", rl_train_value=False,
         eval_episodes=200, eval_frames=48, eval_batch=8, eval_videos=4,

@@ -171,10 +171,14 @@ def dynamics_loss(
     context_fraction: float = 0.0,
     twin_signal: float = 0.0,
     with_features: bool = False,
+    context_rows: int = 0,
+    context_signal: float = 0.9,
 ):
     """(weighted x-space loss in standardised units, metrics); tokenizer latents, actions in the
     model convention (`align_actions`). `with_features` (shortcut only) appends the output
-    features per token group of the prediction pass (what agent heads read in finetuning)."""
+    features per token group of the prediction pass (what agent heads read in finetuning). The
+    last `context_rows` rows have every frame at `context_signal` (d = 1 / k_max): the level of
+    the frames behind a policy acting through `prefill` / `next_frame`."""
     if objective not in OBJECTIVES:
         raise ValueError(f"dynamics objective must be one of {OBJECTIVES}, got {objective!r}.")
     if with_features and objective != "shortcut":
@@ -192,6 +196,10 @@ def dynamics_loss(
     tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows)
     if context_fraction:  # context-like frames: what a low-level frame needs behind it
         tau = context_levels(jax.random.fold_in(key, 2), tau, d, k_max, context_fraction)
+    if context_rows:
+        at_context = (jnp.arange(batch) >= batch - context_rows)[:, None]
+        tau = jnp.where(at_context, context_signal, tau)
+        d = jnp.where(at_context, 1.0 / k_max, d)
     if objective == "meanflow":
         use_mean = jax.random.uniform(k_mean, (batch, time)) < mean_fraction
         d = jnp.where(use_mean, jax.random.uniform(k_span, (batch, time)) * (1.0 - tau), 0.0)

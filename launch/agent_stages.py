@@ -73,6 +73,11 @@ def agent_problems(config, device_count: int) -> list[str]:
             and a.finetune_lr > 0 and a.rl_lr > 0):
         found.append("config.agent: gamma in (0, 1], lam and alpha in [0, 1], beta >= 0 and the "
                      "learning rates > 0.")
+    rows = config.train.dynamics.batch - round(config.train.dynamics.bootstrap_fraction
+                                               * config.train.dynamics.batch)
+    if not 0 <= a.context_rows <= rows:
+        found.append(f"config.agent.context_rows must be in 0..{rows} (the batch's rows less its "
+                     f"bootstrap rows), got {a.context_rows}.")
     if a.reward_decode not in ("mode", "mean"):
         found.append(f"config.agent.reward_decode must be 'mode' or 'mean', got "
                      f"{a.reward_decode!r}.")
@@ -159,6 +164,7 @@ def agent_finetune_stage(config, work: Workdir, mesh) -> None:
     state = init_state(Agent(dynamics, heads), optimizer,
                        loss_state={name: jnp.zeros((), jnp.float32) for name in TERMS})
     loss = functools.partial(finetune_loss, value_from_data=a.finetune_value, gamma=a.gamma,
+                             context_rows=a.context_rows,
                              lam=a.lam)
     step = make_train_step(loss, optimizer, static_argnames=("bootstrap_rows",))
     rows = round(config.train.dynamics.bootstrap_fraction * train_config.batch)

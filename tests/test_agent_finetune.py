@@ -152,6 +152,35 @@ def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_on
     np.testing.assert_allclose(total, 4.0, rtol=1e-5)
 
 
+def test_context_rows_give_the_agent_terms_the_frames_a_policy_acts_on():
+    """With context_rows k the agent terms read only the last k rows, whose frames all sit at
+    the context signal level: the cloning loss is the policy's NLL from a direct model call on
+    those rows at tau 0.9, d = 1 / k_max (the noise drawn as `dynamics_loss` draws it)."""
+    agent, batch = make_agent(mtp=1), make_batch()
+    key = jax.random.key(5)
+    _, (metrics, _) = finetune_loss(agent, zeros(), jnp.asarray(0), batch, key=key, context_rows=2)
+    aligned, known = align_actions(batch["actions"], batch["has_action"])
+    noise = jax.random.normal(jax.random.split(key, 5)[1], batch["latents"].shape)[2:]
+    z = agent.dynamics.normalise(batch["latents"][2:])
+    level = jnp.full((2, 6), 0.9)
+    _, features = agent.dynamics(0.1 * noise + 0.9 * z, level, jnp.full((2, 6), 0.25),
+                                 aligned[2:], known[2:])
+    logits = agent.heads.policy_logits(features["agent"])[:, :, 0]
+    picked = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                                np.asarray(batch["actions"][2:])[..., None], axis=-1)[..., 0]
+    known = np.asarray(batch["has_action"][2:])
+    expected = -np.sum(np.where(known, picked, 0.0)) / np.sum(known)
+    np.testing.assert_allclose(metrics["bc_loss"], expected, rtol=1e-5)
+    # The first rows feed the video loss only.
+    changed = dict(batch, actions=batch["actions"].at[:2].set(0),
+                   rewards=batch["rewards"].at[:2].set(7.0))
+    _, (again, _) = finetune_loss(agent, zeros(), jnp.asarray(0), changed, key=key,
+                                  context_rows=2)
+    for term in ("bc_loss", "reward_loss"):
+        np.testing.assert_allclose(again[term], metrics[term], rtol=1e-6)
+    assert again["dynamics_loss"] != metrics["dynamics_loss"]
+
+
 def test_finetuning_clones_the_behaviour_and_keeps_the_video_loss_running():
     # The demonstrator's action is a function of the frame: the sign pattern of one latent.
     agent = make_agent(mtp=1)

@@ -100,18 +100,28 @@ def test_frame_skip_records_every_kth_control_step(tmp_path):
 
 
 def test_demo_mixes_pick_their_tasks_and_scale_their_noise():
-    """"lift" demonstrations plan only pick-and-place; the noise scale multiplies the Gaussian
+    """"lift" demonstrations plan only pick-and-place, of the block nearest to the gripper
+    (otherwise a random one); the noise scale multiplies the Gaussian
     noise on the controller's action: with the same draws, the action's departure from the
     noiseless one grows by exactly the scale wherever no clipping intervenes."""
     sim = TabletopSim(32)
     sim.reset(np.random.default_rng(3))
     lift = DEMOS["lift"]
-    grippers = []
-    for _ in range(5):
-        policy = ScriptedPolicy(np.random.default_rng(len(grippers)), weights=lift.weights)
+    tcp = sim.tcp_pose()[0]
+    blocks = [position for position, _ in sim.block_poses()]
+    nearest = min(blocks, key=lambda b: np.hypot(*(b - tcp)[:2]))
+    grippers, targets = [], set()
+    for seed in range(5):
+        policy = ScriptedPolicy(np.random.default_rng(seed), weights=lift.weights,
+                                nearest=lift.nearest)
         policy.act(sim)
         grippers.append([w.gripper for w in policy.waypoints])
+        np.testing.assert_allclose(policy.waypoints[0].position[:2], nearest[:2])  # above it
+        free = ScriptedPolicy(np.random.default_rng(seed), weights=lift.weights)
+        free.act(sim)
+        targets.add(tuple(np.round(free.waypoints[0].position[:2], 6)))
     assert grippers == [[1.0, 1.0, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0]] * 5  # the pick's plan
+    assert len(targets) > 1  # without `nearest`, a random block
     actions = {scale: ScriptedPolicy(np.random.default_rng(7), noise_scale=scale).act(sim)
                for scale in (0.0, 1.0, 4.0)}
     base = actions[0.0]
