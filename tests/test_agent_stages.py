@@ -77,11 +77,16 @@ def test_agent_config_problems_name_the_fields():
     config.agent.task = "stack"
     config.agent.rl_batch = 0
     config.agent.reward_decode = "median"
+    config.agent.context_rows = config.train.dynamics.batch + 1
     config.stages = "agent_eval"
     problems = " | ".join(agent_problems(config, 1))
     assert "config.agent.task: unknown task 'stack'" in problems  # the simulator has states
     assert "rl_batch must be >= 1" in problems
     assert "config.agent.reward_decode must be 'mode' or 'mean', got 'median'" in problems
+    rows = config.train.dynamics.batch - round(config.train.dynamics.bootstrap_fraction
+                                               * config.train.dynamics.batch)
+    assert (f"config.agent.context_rows must be in 0..{rows} (the batch's rows less its "
+            f"bootstrap rows), got {config.train.dynamics.batch + 1}") in problems
     config.data.format = "episodes"
     problems = " | ".join(agent_problems(config, 1))
     assert "unknown task" not in problems  # episodes may bring their own rewards
