@@ -8,7 +8,7 @@ action plus Gaussian noise, so the recorded actions explain the motion.
 
 `demos` picks the mix (`DEMOS`): "tasks" (the default) chains all four kinds at a fixed noise;
 "lift" only picks up the block nearest to the gripper and puts it down elsewhere, each episode
-at its own noise level drawn from 1x to 10x the default (translation noise std 0.15 to 1.5 in
+at its own noise level drawn from 1x to 5x the default (translation noise std 0.15 to 0.75 in
 action units, per control step): demonstrations of mixed quality for the "lift" task of
 data/sim_tasks.py, whose actions follow from the scene (which block, where to grasp) up to the
 noise. From a fresh scene the demonstrator lifts a block within 32 frames at 10 Hz in 100%,
@@ -66,7 +66,7 @@ class DemoMix:
 
 
 DEMOS = {"tasks": DemoMix((0.25, 0.3, 0.3, 0.15), (1.0, 1.0)),
-         "lift": DemoMix((0.0, 0.0, 1.0, 0.0), (1.0, 10.0), nearest=True)}
+         "lift": DemoMix((0.0, 0.0, 1.0, 0.0), (1.0, 5.0), nearest=True)}
 TRANSLATION_NOISE, ROTATION_NOISE = 0.15, 0.1  # Gaussian noise std per action entry, at scale 1
 
 
