@@ -44,7 +44,7 @@ from data.jobs import Progress
 from launch import settings
 from launch.evaluate import EvalContext
 from launch.evaluators import rollout_evaluator
-from launch.stages import Workdir, _loader, check_action_classes
+from launch.stages import Workdir, _loader, bootstrap_rows, check_action_classes
 from launch.trainer import make_optimizer, train
 from world.model import load_dynamics, model_folder, save_part
 
@@ -73,8 +73,7 @@ def agent_problems(config, device_count: int) -> list[str]:
             and a.finetune_lr > 0 and a.rl_lr > 0):
         found.append("config.agent: gamma in (0, 1], lam and alpha in [0, 1], beta >= 0 and the "
                      "learning rates > 0.")
-    rows = config.train.dynamics.batch - round(config.train.dynamics.bootstrap_fraction
-                                               * config.train.dynamics.batch)
+    rows = config.train.dynamics.batch - bootstrap_rows(config.train.dynamics)
     if not 0 <= a.context_rows <= rows:
         found.append(f"config.agent.context_rows must be in 0..{rows} (the batch's rows less its "
                      f"bootstrap rows), got {a.context_rows}.")
@@ -167,7 +166,7 @@ def agent_finetune_stage(config, work: Workdir, mesh) -> None:
                              context_rows=a.context_rows,
                              lam=a.lam)
     step = make_train_step(loss, optimizer, static_argnames=("bootstrap_rows",))
-    rows = round(config.train.dynamics.bootstrap_fraction * train_config.batch)
+    rows = bootstrap_rows(train_config)
 
     def step_fn(state, batch, key):
         return step(state, with_task_rewards(batch, a.task), key, bootstrap_rows=rows)

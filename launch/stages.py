@@ -290,12 +290,17 @@ def new_dynamics_state(config, work: Workdir):
     return init_state(dynamics_model(config, work), make_optimizer(config.train.dynamics))
 
 
+def bootstrap_rows(train_config) -> int:
+    """Rows of each dynamics batch trained on the shortcut's bootstrap targets (the first ones)."""
+    return round(train_config.bootstrap_fraction * train_config.batch)
+
+
 def dynamics_stage(config, work: Workdir, mesh) -> None:
     train_config = config.train.dynamics
     step = dynamics_train.make_train_step(make_optimizer(train_config), dynamics_loss_fn(config))
     latents = ClipStore(work.latents)
     check_action_classes(latents, settings.action_spec(config, latents.action_layout))
-    rows = round(train_config.bootstrap_fraction * train_config.batch)
+    rows = bootstrap_rows(train_config)
     train("dynamics", work.root, new_dynamics_state(config, work), step,
           _loader(config, work.latents, train_config), train_config, mesh,
           key=jax.random.key(config.seed + 3), export=model_saver(work, "dynamics"),
