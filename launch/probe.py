@@ -13,7 +13,13 @@ The probe is closed-form ridge regression on colour-moment features, fitted on r
 3. standardised features (spread at least `MIN_SCALE`, clipped to +-`CLIP`, so a frame unlike
    any real one, e.g. an untrained model's, cannot send the linear read-out to kilometres), ridge
    strength chosen from `ALPHAS` on the last fifth of the fitting clips (whole clips, so
-   neighbouring frames do not leak), refitted on all of them.
+   neighbouring frames do not leak), refitted on all of them;
+4. every fitting frame is used twice: as it is and with Gaussian pixel noise of std `NOISE`
+   (seeded), so the read-out cannot rest on colour differences smaller than a decoder's error.
+   Without it, ridge puts large weights on the centroids of near-identical shades (the table's),
+   which are stable on real frames and move on any reconstruction: on the simulator at 48x48,
+   without the copies, reconstructions at 27.5 dB put the end effector 12.2 cm and the blocks
+   16.8 cm off (real frames: 4.7 and 7.2 cm); with them 10.0 and 10.2 cm (real: 4.7 and 7.1).
 Why this probe: an object of a distinct colour moves its colour's centroid with it, and in a
 static camera position is close to linear in the image centroid, so a linear read-out of
 centroids generalises to object layouts the fitting clips never showed. Ridge on downsampled
@@ -41,6 +47,7 @@ PALETTE_SAMPLES, PALETTE_ITERATIONS = 20_000, 30
 CHUNK = 256  # frames whose memberships are held in memory at once
 MIN_SCALE = 0.01  # feature units (coordinates in [-1, 1], masses in [0, 1]): the least spread
 CLIP = 10.0  # standardised features are clipped to +-CLIP
+NOISE = 0.03  # std of the pixel noise (values in [0, 1]) of the fitting frames' noisy copies
 
 
 def as_float(frames) -> np.ndarray:
@@ -113,16 +120,25 @@ def _ridge_solutions(features, targets, alphas):
 
 
 def fit_probe(frames, states, *, colours: int = 16, clip_of_frame=None, alphas=ALPHAS,
-              seed: int = 0) -> Probe:
-    """Fits the probe on frames [N, H, W, 3] and states [N, S]. `clip_of_frame` [N] (default:
-    every frame its own clip) groups frames into clips; the clips last in that order (a fifth of
-    them) choose the ridge strength, unless there is one clip or one alpha."""
+              noise: float = NOISE, seed: int = 0) -> Probe:
+    """Fits the probe on frames [N, H, W, 3] and states [N, S], and on noisy copies of the frames
+    (pixel noise of std `noise`; 0: none). `clip_of_frame` [N] (default: every frame its own
+    clip) groups frames into clips; the clips last in that order (a fifth of them) choose the
+    ridge strength, unless there is one clip or one alpha."""
     palette = fit_palette(frames, colours, seed=seed)
     raw = colour_moments(frames, palette)
+    targets = np.asarray(states, np.float64)
+    clips = np.arange(len(raw)) if clip_of_frame is None else np.asarray(clip_of_frame)
+    if noise > 0:
+        rng, noisy = np.random.default_rng(seed), []
+        for start in range(0, len(raw), CHUNK):  # one chunk of noisy frames in memory at a time
+            pixels = as_float(frames[start:start + CHUNK])
+            noisy.append(colour_moments(np.clip(pixels + rng.normal(0.0, noise, pixels.shape),
+                                                0.0, 1.0), palette))
+        raw = np.concatenate([raw, *noisy])
+        targets, clips = np.concatenate([targets, targets]), np.concatenate([clips, clips])
     mean, scale = raw.mean(axis=0), np.maximum(raw.std(axis=0), MIN_SCALE)
     features = np.clip((raw - mean) / scale, -CLIP, CLIP)
-    targets = np.asarray(states, np.float64)
-    clips = np.arange(len(features)) if clip_of_frame is None else np.asarray(clip_of_frame)
     order = np.unique(clips)
     held = np.isin(clips, order[len(order) - max(1, round(VALIDATION_FRACTION * len(order))):])
     alpha = alphas[0]

@@ -49,19 +49,24 @@ def test_colour_moments_by_hand():
                                features, atol=2e-3)
 
 
-def test_probe_recovers_a_known_linear_map():
-    """Hand-made frames: a red and a blue square whose pixel positions are the states through a
-    known linear map (pixels -> metres). The probe, fitted on 300 frames, reads the positions of
-    200 frames it never saw back to well under a pixel's worth (1 pixel = 2 cm here)."""
-    rng = np.random.default_rng(0)
-    centres = rng.integers(3, 14, (2000, 2, 2))  # [frame, square, (row, column)]
+def two_squares(colours, frames=500, seed=0):
+    """A red-ish and a blue square (`colours`) at random non-overlapping positions whose pixel
+    positions are the states through a known linear map (1 pixel = 2 cm): (frames, states [N, 6],
+    the generator for further noise)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(3, 14, (4 * frames, 2, 2))  # [frame, square, (row, column)]
     apart = np.abs(centres[:, 0] - centres[:, 1]).max(axis=1) >= 4  # squares do not overlap
-    centres = centres[apart][:500]
+    centres = centres[apart][:frames]
     # point j: x = 0.02 * column, y = 0.3 - 0.02 * row, z = 0.01 * row + 0.05 (metres)
     rows, cols = centres[..., 0].astype(np.float64), centres[..., 1].astype(np.float64)
     states = np.stack([0.02 * cols, 0.3 - 0.02 * rows, 0.01 * rows + 0.05], axis=-1)
-    states = states.reshape(500, 6)
-    frames = squares(centres, [(0.9, 0.1, 0.1), (0.1, 0.2, 0.9)])
+    return squares(centres, colours), states.reshape(frames, 6), rng
+
+
+def test_probe_recovers_a_known_linear_map():
+    """The probe, fitted on 300 frames of `two_squares`, reads the positions of 200 frames it
+    never saw back to well under a pixel's worth."""
+    frames, states, rng = two_squares([(0.9, 0.1, 0.1), (0.1, 0.2, 0.9)])
     frames += rng.normal(0, 0.01, frames.shape)  # sensor noise
     probe = fit_probe(frames[:300], states[:300], colours=4, clip_of_frame=np.arange(300) // 10)
     errors = point_errors_cm(probe(frames[300:]), states[300:])
@@ -69,6 +74,34 @@ def test_probe_recovers_a_known_linear_map():
     guess = point_errors_cm(np.broadcast_to(states[:300].mean(0), (200, 6)), states[300:])
     assert guess.mean() > 5  # the positions do vary: a constant guess is far off
     assert fit_probe(frames[:300], states[:300], colours=4).alpha in ALPHAS
+
+
+def test_probe_fits_the_noisy_copies_too():
+    """fit_probe(noise=s) is ridge regression on the frames' features and those of the frames
+    plus N(0, s^2) noise (the same seeded draws, clipped to [0, 1]), standardised together: the
+    same read-out as a direct least-squares solve on the stacked, alpha-augmented system. And
+    the copies pay off where a square's colour is close to the background's: on frames with
+    pixel noise of the same size the probe fitted with them reads that square better."""
+    frames, states, rng = two_squares([(0.54, 0.5, 0.5), (0.1, 0.2, 0.9)])
+    frames += rng.normal(0, 0.005, frames.shape)
+    train, targets = frames[:300], states[:300]
+    probe = fit_probe(train, targets, colours=4, alphas=(1e-3,), noise=0.03, seed=3)
+    noisy = np.clip(train + np.random.default_rng(3).normal(0.0, 0.03, train.shape), 0, 1)
+    raw = np.concatenate([colour_moments(train, probe.palette),
+                          colour_moments(noisy, probe.palette)])
+    np.testing.assert_allclose(probe.mean, raw.mean(0), atol=1e-12)
+    features = np.clip((raw - probe.mean) / probe.scale, -10, 10)
+    design = np.concatenate([features - features.mean(0),
+                             np.sqrt(1e-3 * len(features)) * np.eye(features.shape[1])])
+    answer = np.concatenate([np.concatenate([targets, targets]) - targets.mean(0),
+                             np.zeros((features.shape[1], 6))])
+    weights = np.linalg.lstsq(design, answer, rcond=None)[0]
+    np.testing.assert_allclose(probe.weights, weights, atol=1e-6)
+    test = np.clip(frames[300:] + rng.normal(0, 0.03, frames[300:].shape), 0, 1)
+    plain = fit_probe(train, targets, colours=4, clip_of_frame=np.arange(300) // 10, noise=0.0)
+    robust = fit_probe(train, targets, colours=4, clip_of_frame=np.arange(300) // 10)
+    faint = [point_errors_cm(p(test), states[300:])[:, 0].mean() for p in (plain, robust)]
+    assert faint[1] < 0.85 * faint[0]
 
 
 def test_probe_metrics_by_hand():
