@@ -125,6 +125,9 @@ def fit_probe(frames, states, *, colours: int = 16, clip_of_frame=None, alphas=A
     (pixel noise of std `noise`; 0: none). `clip_of_frame` [N] (default: every frame its own
     clip) groups frames into clips; the clips last in that order (a fifth of them) choose the
     ridge strength, unless there is one clip or one alpha."""
+    if noise < 0:
+        raise ValueError(f"fit_probe: noise (the std of the copies' pixel noise) must be >= 0, "
+                         f"got {noise}.")
     palette = fit_palette(frames, colours, seed=seed)
     raw = colour_moments(frames, palette)
     targets = np.asarray(states, np.float64)

@@ -102,6 +102,8 @@ def test_probe_fits_the_noisy_copies_too():
     robust = fit_probe(train, targets, colours=4, clip_of_frame=np.arange(300) // 10)
     faint = [point_errors_cm(p(test), states[300:])[:, 0].mean() for p in (plain, robust)]
     assert faint[1] < 0.85 * faint[0]
+    with pytest.raises(ValueError, match="noise"):
+        fit_probe(train, targets, colours=4, noise=-0.01)
 
 
 def test_probe_metrics_by_hand():
