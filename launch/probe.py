@@ -128,10 +128,13 @@ def fit_probe(frames, states, *, colours: int = 16, clip_of_frame=None, alphas=A
     if noise < 0:
         raise ValueError(f"fit_probe: noise (the std of the copies' pixel noise) must be >= 0, "
                          f"got {noise}.")
+    targets = np.asarray(states, np.float64)
+    clips = np.arange(len(frames)) if clip_of_frame is None else np.asarray(clip_of_frame)
+    if not len(frames) == len(targets) == len(clips):
+        raise ValueError(f"fit_probe: {len(frames)} frames, {len(targets)} states and "
+                         f"{len(clips)} clip ids; one of each per frame.")
     palette = fit_palette(frames, colours, seed=seed)
     raw = colour_moments(frames, palette)
-    targets = np.asarray(states, np.float64)
-    clips = np.arange(len(raw)) if clip_of_frame is None else np.asarray(clip_of_frame)
     if noise > 0:
         rng, noisy = np.random.default_rng(seed), []
         for start in range(0, len(raw), CHUNK):  # one chunk of noisy frames in memory at a time

@@ -104,6 +104,8 @@ def test_probe_fits_the_noisy_copies_too():
     assert faint[1] < 0.85 * faint[0]
     with pytest.raises(ValueError, match="noise"):
         fit_probe(train, targets, colours=4, noise=-0.01)
+    with pytest.raises(ValueError, match="300 frames, 299 states"):
+        fit_probe(train, targets[:299], colours=4)
 
 
 def test_probe_metrics_by_hand():
