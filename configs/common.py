@@ -140,23 +140,19 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
 def small_cpu_sizes(config, *, image_size, patch: int) -> None:
     """Sizes that train in minutes on 2 CPU cores (the `small` variants)."""
     config.data.update(dict(image_size=(image_size, image_size), clip_length=32, clip_stride=16))
-    # One latent token per patch for the 48x48 / 6 and 64x64 / 8 frames (64 x 8 numbers; the
-    # dynamics packs 4 latents per token, so it still sees 16 tokens of 32), 1200 tokenizer and
-    # 2600 dynamics steps: sharper frames than 16 latents x 32 at the same numbers per frame
-    # (BENCHMARKS.md, "Levers").
-    config.tokenizer.update(dict(patch=patch, n_latents=64, latent_dim=8, enc_width=128,
+    config.tokenizer.update(dict(patch=patch, n_latents=16, latent_dim=32, enc_width=128,
                                  enc_depth=2, enc_heads=4, enc_kv_heads=2, enc_time_every=2,
                                  dec_width=128, dec_depth=2, dec_heads=4, dec_kv_heads=2,
                                  dec_time_every=2, p_max=0.25))
     config.dynamics.update(dict(width=128, depth=4, heads=4, kv_heads=2, time_every=2,
-                                registers=2, k_max=16, pack=4))
-    config.train.tokenizer.update(dict(steps=1200, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
+                                registers=2, k_max=16))
+    config.train.tokenizer.update(dict(steps=2600, batch=8, seq_lengths=(4,), lr=2e-3, b2=0.99,
                                        warmup_steps=50, decay_steps=500, checkpoint_every=500,
                                        log_every=100))
     # The dynamics recipe measured on the simulator (BENCHMARKS.md, "Levers"): Muon on the
     # transformer blocks' matrices, 10% of the frames' actions hidden in training, action
     # guidance 1.5 and K = 1 sampling step per frame when sampling (eval and player).
-    config.train.dynamics.update(dict(steps=2600, batch=16, seq_lengths=(8, 16),
+    config.train.dynamics.update(dict(steps=2000, batch=16, seq_lengths=(8, 16),
                                       length_weights=(0.75, 0.25), lr=2e-3, warmup_steps=100,
                                       decay_steps=200, bootstrap_start=500,
                                       checkpoint_every=250, log_every=100, optimizer="muon",
