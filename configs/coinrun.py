@@ -13,8 +13,8 @@ blocks, 12 heads, time every 4, 4 registers, K_max 128; sequences of 64; 10k epi
 `--config.train.dynamics.optimizer=muon --config.train.dynamics.muon_lr=0.02`). Peak training
 memory, estimated from shapes: 3.9 GiB (tokenizer), 6.3 GiB (dynamics); not yet measured on a GPU.
 small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling through 4 levels
-(`data.coinrun_levels`; held-out episodes replay those levels with other random actions: a model
-trained for minutes on 2 CPU cores cannot generalise to unseen level themes); every small
+(`data.coinrun_levels`; held-out episodes replay those levels with other random actions: trained
+for minutes on 2 CPU cores on 48 levels, a model does not generalise to unseen ones); every small
 variant's recipe, nothing CoinRun-specific (tokenizer 2600 steps; dynamics 2000 steps at learning
 rate 2e-3, Muon, 10% hidden actions, guidance 1.5, K = 1); evaluated on 48 held-out rollouts;
 about 18 minutes in all (BENCHMARKS.md).
@@ -22,7 +22,8 @@ Agent (`--config.stages=agent_finetune,agent_rl,agent_eval` on a finished run): 
 procgen's, recorded with the episodes (task "coin"); for data where coins are reached often
 enough to learn from, generate the main run with half the episodes played by the scripted
 player, `--config.data.coinrun_scripted=0.5`; agent_eval plays 100 frames per episode, 16 games
-at a time.
+at a time. Unseen levels: `--config.data.coinrun_levels=0 --config.data.gen_episodes=240` (one
+level per episode, 5x the episodes; agent_eval then plays levels no training episode played).
 tiny: for tests.
 """
 
