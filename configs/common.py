@@ -19,8 +19,8 @@ Fields (every size lives here, none in code):
 - train.tokenizer / train.dynamics: steps, batch, sequence lengths, optimizer and schedule,
   log / checkpoint intervals; `optimizer` is "adamw" or "muon" (Muon at `muon_lr` on the
   transformer blocks' matrices, AdamW at `lr` on the rest); the dynamics stage also has the
-  objective's settings: bootstrap, image rows, `action_dropout`, `context_fraction` and
-  `twin_signal` (dynamics/objectives.py);
+  objective's settings: bootstrap, image rows, `action_dropout`, `context_fraction`,
+  `noise_fraction` and `twin_signal` (dynamics/objectives.py);
 - eval: rollout context, horizon, sampling steps, number of rollouts, videos, `evaluators` (a
   comma list of names in launch/evaluators.py; `probe` gives no keys for sources without
   states), and the state probe's palette size `probe_colours` and `probe_fit_frames`;
@@ -118,7 +118,7 @@ def base_config(name: str, variant: str, why: str) -> ml_collections.ConfigDict:
     config.train.dynamics.update(dict(
         objective="shortcut", bootstrap_start=500, bootstrap_fraction=0.25,
         image_fraction=0.3, mean_fraction=0.25, action_dropout=0.0, context_fraction=0.0,
-        twin_signal=0.0,
+        noise_fraction=0.0, twin_signal=0.0,
     ))
     config.eval = ml_collections.ConfigDict(dict(
         context_frames=8, horizon=16, sampling_steps=4, context_signal=0.9, action_guidance=1.0,

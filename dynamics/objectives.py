@@ -86,6 +86,15 @@ def context_levels(key: PRNGKeyArray, tau: Float[Array, "batch time"],
     return jnp.where(clean & (d <= 1.0 / k_max), 1.0 - 1.0 / k_max, tau)
 
 
+def noise_levels(key: PRNGKeyArray, tau: Float[Array, "batch time"],
+                 d: Float[Array, "batch time"], k_max: int, fraction: float
+                 ) -> Float[Array, "batch time"]:
+    """Each flow-row frame (d = 1 / k_max) moves to level 0 (pure noise: the only input that one
+    sampling step per frame ever gives the model) with probability `fraction`."""
+    noise = jax.random.uniform(key, tau.shape) < fraction
+    return jnp.where(noise & (d <= 1.0 / k_max), 0.0, tau)
+
+
 def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
                     ) -> tuple[Bool[Array, " batch"], Bool[Array, "batch time time"]]:
     """Which rows are separate images, and the time mask that keeps their frames apart."""
@@ -169,6 +178,7 @@ def dynamics_loss(
     image_fraction: float = 0.3,
     action_dropout: float = 0.0,
     context_fraction: float = 0.0,
+    noise_fraction: float = 0.0,
     twin_signal: float = 0.0,
     with_features: bool = False,
     context_rows: int = 0,
@@ -196,6 +206,8 @@ def dynamics_loss(
     tau, d = sample_levels(k_levels, batch, time, k_max, bootstrap_rows)
     if context_fraction:  # context-like frames: what a low-level frame needs behind it
         tau = context_levels(jax.random.fold_in(key, 2), tau, d, k_max, context_fraction)
+    if noise_fraction:  # frames predicted from pure noise, as K = 1 sampling predicts every frame
+        tau = noise_levels(jax.random.fold_in(key, 4), tau, d, k_max, noise_fraction)
     if context_rows:
         at_context = (jnp.arange(batch) >= batch - context_rows)[:, None]
         tau = jnp.where(at_context, context_signal, tau)

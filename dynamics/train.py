@@ -25,7 +25,7 @@ def batch_loss(model: Dynamics, loss_state, step, batch: dict, *,
                key: PRNGKeyArray, bootstrap_rows: int = 0, objective: str = "shortcut",
                mean_fraction: float = 0.25, image_fraction: float = 0.3,
                action_dropout: float = 0.0, context_fraction: float = 0.0,
-               twin_signal: float = 0.0
+               noise_fraction: float = 0.0, twin_signal: float = 0.0
                ) -> tuple[Float[Array, ""], tuple[dict[str, Float[Array, ""]], object]]:
     """(loss, (metrics, loss_state)) of `dynamics_loss` on a dataset batch (loss_state passes
     through unchanged; the step number is not used)."""
@@ -35,17 +35,20 @@ def batch_loss(model: Dynamics, loss_state, step, batch: dict, *,
                                   objective=objective, bootstrap_rows=bootstrap_rows,
                                   mean_fraction=mean_fraction, image_fraction=image_fraction,
                                   action_dropout=action_dropout,
-                                  context_fraction=context_fraction, twin_signal=twin_signal)
+                                  context_fraction=context_fraction,
+                                  noise_fraction=noise_fraction, twin_signal=twin_signal)
     return loss, (metrics, loss_state)
 
 
 def loss_fn(*, objective: str = "shortcut", mean_fraction: float = 0.25,
             image_fraction: float = 0.3, action_dropout: float = 0.0,
-            context_fraction: float = 0.0, twin_signal: float = 0.0) -> Callable:
+            context_fraction: float = 0.0, noise_fraction: float = 0.0,
+            twin_signal: float = 0.0) -> Callable:
     """`batch_loss` with the objective's settings fixed: the loss the train step takes."""
     return functools.partial(batch_loss, objective=objective, mean_fraction=mean_fraction,
                              image_fraction=image_fraction, action_dropout=action_dropout,
-                             context_fraction=context_fraction, twin_signal=twin_signal)
+                             context_fraction=context_fraction,
+                             noise_fraction=noise_fraction, twin_signal=twin_signal)
 
 
 def make_train_step(optimizer: optax.GradientTransformation, loss: Callable | None = None

@@ -249,7 +249,7 @@ def dynamics_problems(config, device_count: int) -> list[str]:
     if not 0 <= config.train.dynamics.twin_signal <= 1:
         found.append(f"config.train.dynamics.twin_signal must lie in [0, 1] (0: off), got "
                      f"{config.train.dynamics.twin_signal}.")
-    for name in ("action_dropout", "context_fraction"):
+    for name in ("action_dropout", "context_fraction", "noise_fraction"):
         if not 0 <= config.train.dynamics[name] < 1:
             found.append(f"config.train.dynamics.{name} must lie in [0, 1), got "
                          f"{config.train.dynamics[name]}.")

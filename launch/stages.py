@@ -283,6 +283,7 @@ def dynamics_loss_fn(config):
                                   image_fraction=train.image_fraction,
                                   action_dropout=train.action_dropout,
                                   context_fraction=train.context_fraction,
+                                  noise_fraction=train.noise_fraction,
                                   twin_signal=train.twin_signal)
 
 
