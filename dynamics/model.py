@@ -52,6 +52,7 @@ class DynamicsConfig:
     pack: int = 1
     registers: int = 4
     action_tokens: int = 1
+    action_broadcast: bool = False  # also add the action code to every spatial token
     agent_tokens: int = 0
     k_max: int = 64
     softcap: float | None = 50.0
@@ -180,10 +181,11 @@ class Dynamics(eqx.Module):
         learned = [self.registers] + ([] if self.agent is None else [self.agent])
         learned = jnp.concatenate(learned, axis=0)
         learned = jnp.broadcast_to(expand_to(learned, 4), (batch, time, *learned.shape))
-        return jnp.concatenate([
-            self.actions(actions, has_action), level[:, :, None, :],
-            self.spatial_in(packed).astype(jnp.float32), learned,
-        ], axis=2)
+        action_code = self.actions(actions, has_action)
+        spatial = self.spatial_in(packed).astype(jnp.float32)
+        if c.action_broadcast:  # every spatial token reads the action without attending to it
+            spatial = spatial + jnp.mean(action_code, axis=2, keepdims=True)
+        return jnp.concatenate([action_code, level[:, :, None, :], spatial, learned], axis=2)
 
     def space_mask(self) -> Bool[Array, "tokens tokens"] | None:
         mask = self.config.layout.space_mask()
