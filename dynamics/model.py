@@ -53,6 +53,7 @@ class DynamicsConfig:
     registers: int = 4
     action_tokens: int = 1
     action_broadcast: bool = False  # also add the action code to every spatial token
+    signal_scaled_input: bool = False  # spatial input z_tau * tau (pure noise enters as zeros)
     agent_tokens: int = 0
     k_max: int = 64
     softcap: float | None = 50.0
@@ -178,6 +179,8 @@ class Dynamics(eqx.Module):
         level = jnp.concatenate([self.tau_embed(tau_index(tau, c.k_max)),
                                  self.step_embed(step_index(d, c.k_max))], axis=-1)
         packed = z.reshape(batch, time, c.spatial_tokens, c.pack * c.latent_dim)
+        if c.signal_scaled_input:
+            packed = packed * tau[:, :, None, None].astype(packed.dtype)
         learned = [self.registers] + ([] if self.agent is None else [self.agent])
         learned = jnp.concatenate(learned, axis=0)
         learned = jnp.broadcast_to(expand_to(learned, 4), (batch, time, *learned.shape))
