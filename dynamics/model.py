@@ -54,6 +54,7 @@ class DynamicsConfig:
     action_tokens: int = 1
     action_broadcast: bool = False  # also add the action code to every spatial token
     signal_scaled_input: bool = False  # spatial input z_tau * tau (pure noise enters as zeros)
+    input_history: int = 0  # previous frames' inputs stacked into each spatial token (uncached)
     agent_tokens: int = 0
     k_max: int = 64
     softcap: float | None = 50.0
@@ -153,7 +154,8 @@ class Dynamics(eqx.Module):
         self.tau_embed = LevelEmbedding(c.k_max + 1, c.width // 2, key=keys[1])
         self.step_embed = LevelEmbedding(2 + int(math.log2(c.k_max)), c.width // 2, key=keys[2])
         packed = c.pack * c.latent_dim
-        self.spatial_in = Linear(packed, c.width, compute_dtype=c.compute_dtype, key=keys[3])
+        self.spatial_in = Linear((1 + c.input_history) * packed, c.width,
+                                 compute_dtype=c.compute_dtype, key=keys[3])
         self.registers = 0.02 * jax.random.normal(keys[4], (c.registers, c.width))
         agent_key = jax.random.fold_in(key, 7)  # not from `keys`: the other weights stay put
         self.agent = (0.02 * jax.random.normal(agent_key, (c.agent_tokens, c.width))
@@ -172,7 +174,7 @@ class Dynamics(eqx.Module):
     def denormalise(self, z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return z * self.config.latent_std + self.config.latent_mean
 
-    def embed(self, z, tau, d, actions, has_action):
+    def embed(self, z, tau, d, actions, has_action, time_mask=None):
         """Token blocks [batch, time, tokens_per_frame, width] (float32)."""
         c = self.config
         batch, time = tau.shape
@@ -181,6 +183,15 @@ class Dynamics(eqx.Module):
         packed = z.reshape(batch, time, c.spatial_tokens, c.pack * c.latent_dim)
         if c.signal_scaled_input:
             packed = packed * tau[:, :, None, None].astype(packed.dtype)
+        if c.input_history:
+            visible = (jnp.ones((batch, time, time), bool) if time_mask is None else time_mask)
+            stacked = [packed]
+            for k in range(1, c.input_history + 1):
+                shifted = jnp.pad(packed, ((0, 0), (k, 0), (0, 0), (0, 0)))[:, :time]
+                seen = jnp.diagonal(visible, offset=-k, axis1=1, axis2=2)  # [batch, time - k]
+                seen = jnp.pad(seen, ((0, 0), (k, 0)))[:, :time, None, None]
+                stacked.append(jnp.where(seen, shifted, 0.0))
+            packed = jnp.concatenate(stacked, axis=-1)
         learned = [self.registers] + ([] if self.agent is None else [self.agent])
         learned = jnp.concatenate(learned, axis=0)
         learned = jnp.broadcast_to(expand_to(learned, 4), (batch, time, *learned.shape))
@@ -217,7 +228,7 @@ class Dynamics(eqx.Module):
     ) -> tuple[Float[Array, "batch time latents dim"], Features]:
         """(clean-latent prediction for every frame, features per group); actions in the model
         convention; `time_mask` / `time_positions`: see `AxialTransformer.__call__`."""
-        h = self.transformer(self.embed(z, tau, d, actions, has_action),
+        h = self.transformer(self.embed(z, tau, d, actions, has_action, time_mask),
                              space_mask=self.space_mask(), time_mask=time_mask,
                              time_positions=time_positions)
         return self.read(h)
@@ -238,6 +249,8 @@ class Dynamics(eqx.Module):
     ) -> tuple[Float[Array, "batch new latents dim"], Features, tuple[KVCache, ...]]:
         """The cached form: new frames after the cached ones; caches written, not committed.
         Returns (prediction, features per group, caches)."""
+        if self.config.input_history:
+            raise NotImplementedError("dynamics.input_history needs the uncached sampler.")
         h, caches = self.transformer.step(self.embed(z, tau, d, actions, has_action), caches,
                                           space_mask=self.space_mask())
         return *self.read(h), caches
