@@ -52,9 +52,6 @@ class DynamicsConfig:
     pack: int = 1
     registers: int = 4
     action_tokens: int = 1
-    action_broadcast: bool = False  # also add the action code to every spatial token
-    signal_scaled_input: bool = False  # spatial input z_tau * tau (pure noise enters as zeros)
-    input_history: int = 0  # previous frames' inputs stacked into each spatial token (uncached)
     agent_tokens: int = 0
     k_max: int = 64
     softcap: float | None = 50.0
@@ -154,8 +151,7 @@ class Dynamics(eqx.Module):
         self.tau_embed = LevelEmbedding(c.k_max + 1, c.width // 2, key=keys[1])
         self.step_embed = LevelEmbedding(2 + int(math.log2(c.k_max)), c.width // 2, key=keys[2])
         packed = c.pack * c.latent_dim
-        self.spatial_in = Linear((1 + c.input_history) * packed, c.width,
-                                 compute_dtype=c.compute_dtype, key=keys[3])
+        self.spatial_in = Linear(packed, c.width, compute_dtype=c.compute_dtype, key=keys[3])
         self.registers = 0.02 * jax.random.normal(keys[4], (c.registers, c.width))
         agent_key = jax.random.fold_in(key, 7)  # not from `keys`: the other weights stay put
         self.agent = (0.02 * jax.random.normal(agent_key, (c.agent_tokens, c.width))
@@ -174,32 +170,20 @@ class Dynamics(eqx.Module):
     def denormalise(self, z: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return z * self.config.latent_std + self.config.latent_mean
 
-    def embed(self, z, tau, d, actions, has_action, time_mask=None):
+    def embed(self, z, tau, d, actions, has_action):
         """Token blocks [batch, time, tokens_per_frame, width] (float32)."""
         c = self.config
         batch, time = tau.shape
         level = jnp.concatenate([self.tau_embed(tau_index(tau, c.k_max)),
                                  self.step_embed(step_index(d, c.k_max))], axis=-1)
         packed = z.reshape(batch, time, c.spatial_tokens, c.pack * c.latent_dim)
-        if c.signal_scaled_input:
-            packed = packed * tau[:, :, None, None].astype(packed.dtype)
-        if c.input_history:
-            visible = (jnp.ones((batch, time, time), bool) if time_mask is None else time_mask)
-            stacked = [packed]
-            for k in range(1, c.input_history + 1):
-                shifted = jnp.pad(packed, ((0, 0), (k, 0), (0, 0), (0, 0)))[:, :time]
-                seen = jnp.diagonal(visible, offset=-k, axis1=1, axis2=2)  # [batch, time - k]
-                seen = jnp.pad(seen, ((0, 0), (k, 0)))[:, :time, None, None]
-                stacked.append(jnp.where(seen, shifted, 0.0))
-            packed = jnp.concatenate(stacked, axis=-1)
         learned = [self.registers] + ([] if self.agent is None else [self.agent])
         learned = jnp.concatenate(learned, axis=0)
         learned = jnp.broadcast_to(expand_to(learned, 4), (batch, time, *learned.shape))
-        action_code = self.actions(actions, has_action)
-        spatial = self.spatial_in(packed).astype(jnp.float32)
-        if c.action_broadcast:  # every spatial token reads the action without attending to it
-            spatial = spatial + jnp.mean(action_code, axis=2, keepdims=True)
-        return jnp.concatenate([action_code, level[:, :, None, :], spatial, learned], axis=2)
+        return jnp.concatenate([
+            self.actions(actions, has_action), level[:, :, None, :],
+            self.spatial_in(packed).astype(jnp.float32), learned,
+        ], axis=2)
 
     def space_mask(self) -> Bool[Array, "tokens tokens"] | None:
         mask = self.config.layout.space_mask()
@@ -228,7 +212,7 @@ class Dynamics(eqx.Module):
     ) -> tuple[Float[Array, "batch time latents dim"], Features]:
         """(clean-latent prediction for every frame, features per group); actions in the model
         convention; `time_mask` / `time_positions`: see `AxialTransformer.__call__`."""
-        h = self.transformer(self.embed(z, tau, d, actions, has_action, time_mask),
+        h = self.transformer(self.embed(z, tau, d, actions, has_action),
                              space_mask=self.space_mask(), time_mask=time_mask,
                              time_positions=time_positions)
         return self.read(h)
@@ -249,8 +233,6 @@ class Dynamics(eqx.Module):
     ) -> tuple[Float[Array, "batch new latents dim"], Features, tuple[KVCache, ...]]:
         """The cached form: new frames after the cached ones; caches written, not committed.
         Returns (prediction, features per group, caches)."""
-        if self.config.input_history:
-            raise NotImplementedError("dynamics.input_history needs the uncached sampler.")
         h, caches = self.transformer.step(self.embed(z, tau, d, actions, has_action), caches,
                                           space_mask=self.space_mask())
         return *self.read(h), caches

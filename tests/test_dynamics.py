@@ -220,6 +220,29 @@ def test_context_fraction_moves_flow_frames_to_the_cleanest_level():
     assert loss(context_fraction=0.9) != pytest.approx(loss(), rel=1e-6)
 
 
+def test_noise_fraction_moves_flow_frames_to_pure_noise():
+    """On flow rows level 0 then holds fraction + (1 - fraction) / k_max of the frames (the
+    uniform draw also lands there); bootstrap rows keep their levels; 0 changes nothing and 1
+    moves every flow-row frame."""
+    k_max, batch, time, fraction = 16, 400, 50, 0.5
+    tau, d = objectives.sample_levels(jax.random.key(0), batch, time, k_max, bootstrap_rows=100)
+    moved = objectives.noise_levels(jax.random.key(1), tau, d, k_max, fraction)
+    zero = np.asarray(moved[100:]) == 0.0
+    expected = fraction + (1 - fraction) / k_max
+    assert abs(zero.mean() - expected) < 4 * np.sqrt(expected * (1 - expected) / zero.size)
+    assert np.array_equal(np.asarray(moved[:100]), np.asarray(tau[:100]))
+    assert np.array_equal(np.asarray(objectives.noise_levels(jax.random.key(1), tau, d, k_max,
+                                                             0.0)), np.asarray(tau))
+    assert np.all(np.asarray(objectives.noise_levels(jax.random.key(1), tau, d, k_max,
+                                                     1.0))[100:] == 0.0)
+    model, (z1, actions, has) = _model(seed=5), _batch(b=4, t=5)
+    kw = dict(key=jax.random.key(9), image_fraction=0.0)
+    loss = lambda **extra: float(objectives.dynamics_loss(model, z1, actions, has, **kw,
+                                                          **extra)[0])
+    assert loss(noise_fraction=0.0) == pytest.approx(loss(), rel=1e-6)
+    assert loss(noise_fraction=0.9) != pytest.approx(loss(), rel=1e-6)
+
+
 def test_context_twins_predict_each_frame_behind_its_twins():
     """Frame t of a ContextTwins pass equals the plain model on [twin 0 .. twin t-1, frame t]:
     what sampling frame t after a committed context of twins computes."""
