@@ -33,6 +33,11 @@ cleanest grid level 1 - 1/k_max; `twin_signal` > 0 runs every row with a context
 context like the one sampling commits. On reacher the twins lift the teacher-forced next frame
 by 0.5-0.9 dB at equal wall time and `context_fraction` does not; on CALVIN small the twins lose
 0.2 dB of rollout PSNR and 0.4 dB of action gap at equal time (BENCHMARKS.md).
+`noise_fraction` > 0 moves that share of the flow rows' frames to level 0, pure noise: the only
+input K = 1 sampling gives a new frame. With twins at 1.0, `noise_fraction` 0.99 and no image,
+bootstrap or hidden-action rows (AdamW), the model is trained as a one-step regressor behind a
+clean context: on pendulum it then predicts the next frame at 45.9 dB instead of 37.9 and follows
+its actions (BENCHMARKS.md, "The dynamics trained as a one-step regressor").
 
 Measured (`python -m dynamics.compare_objectives --seeds=0,1,2`: 500 steps on the blob toy,
 batch 16, 2 CPU cores; BENCHMARKS.md): a MeanFlow step costs 1.91 GFLOP, a shortcut step 1.42
