@@ -82,22 +82,24 @@ def sample_levels(key: PRNGKeyArray, batch: int, time: int, k_max: int, bootstra
     return steps * d, d
 
 
-def context_levels(key: PRNGKeyArray, tau: Float[Array, "batch time"],
-                   d: Float[Array, "batch time"], k_max: int, fraction: float
-                   ) -> Float[Array, "batch time"]:
-    """Each flow-row frame (d = 1 / k_max) moves to the cleanest grid level 1 - 1 / k_max with
-    probability `fraction`; bootstrap-row frames keep their level."""
-    clean = jax.random.uniform(key, tau.shape) < fraction
-    return jnp.where(clean & (d <= 1.0 / k_max), 1.0 - 1.0 / k_max, tau)
+def move_flow_frames(key: PRNGKeyArray, tau: Float[Array, "batch time"],
+                     d: Float[Array, "batch time"], k_max: int, fraction: float, level: float
+                     ) -> Float[Array, "batch time"]:
+    """Each flow-row frame (d = 1 / k_max) moves to signal `level` with probability `fraction`;
+    bootstrap-row frames keep their level."""
+    moved = jax.random.uniform(key, tau.shape) < fraction
+    return jnp.where(moved & (d <= 1.0 / k_max), level, tau)
 
 
-def noise_levels(key: PRNGKeyArray, tau: Float[Array, "batch time"],
-                 d: Float[Array, "batch time"], k_max: int, fraction: float
-                 ) -> Float[Array, "batch time"]:
-    """Each flow-row frame (d = 1 / k_max) moves to level 0 (pure noise: the only input that one
-    sampling step per frame ever gives the model) with probability `fraction`."""
-    noise = jax.random.uniform(key, tau.shape) < fraction
-    return jnp.where(noise & (d <= 1.0 / k_max), 0.0, tau)
+def context_levels(key, tau, d, k_max: int, fraction: float):
+    """Flow-row frames to the cleanest grid level 1 - 1 / k_max (`context_fraction`)."""
+    return move_flow_frames(key, tau, d, k_max, fraction, 1.0 - 1.0 / k_max)
+
+
+def noise_levels(key, tau, d, k_max: int, fraction: float):
+    """Flow-row frames to level 0, pure noise: the only input that one sampling step per frame
+    ever gives the model (`noise_fraction`)."""
+    return move_flow_frames(key, tau, d, k_max, fraction, 0.0)
 
 
 def image_rows_mask(key: PRNGKeyArray, batch: int, time: int, fraction: float
