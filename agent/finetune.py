@@ -105,18 +105,23 @@ def data_value_targets(rewards: Float[Array, "batch time"], continues: Float[Arr
 
 def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyArray,
                   bootstrap_rows: int = 0, decay: float = 0.99, value_from_data: bool = False,
-                  gamma: float = 0.997, lam: float = 0.95, context_rows: int = 0):
+                  gamma: float = 0.997, lam: float = 0.95, context_rows: int = 0,
+                  context_signal: float = 0.9, twin_signal: float = 0.0,
+                  noise_fraction: float = 0.0):
     """(normalised total, (metrics, updated EMAs of the squared terms)): the loss contract of
     `core.training.make_train_step`; the loss state is `{term: 0.0}` per term of `TERMS`.
     `gamma` and `lam` are the value targets' discount and lambda (imagination RL's). With
     `context_rows` > 0 the last that many rows have every frame at the context signal level
     (`dynamics_loss`), as the frames a policy acts on, and the agent terms read those rows only;
-    the video loss reads every row."""
+    the video loss reads every row. `twin_signal` and `noise_fraction` are the main run's
+    dynamics objective settings (`dynamics_loss`), so finetuning keeps training the world model
+    as it was trained."""
     heads, config = agent.heads, agent.heads.config
     aligned, known = align_actions(batch["actions"], batch["has_action"])
     video, metrics, features = dynamics_loss(
         agent.dynamics, batch["latents"], aligned, known, key=key, bootstrap_rows=bootstrap_rows,
-        image_fraction=0.0, with_features=True, context_rows=context_rows)
+        image_fraction=0.0, with_features=True, context_rows=context_rows,
+        context_signal=context_signal, twin_signal=twin_signal, noise_fraction=noise_fraction)
     if context_rows:
         batch = {name: value[-context_rows:] for name, value in batch.items()}
     h = features["agent"][-context_rows:] if context_rows else features["agent"]

@@ -49,14 +49,17 @@ class Rollout(eqx.Module):
 
 def imagine_with_policy(dynamics: Dynamics, heads: AgentHeads, context, horizon: int, *,
                         key: PRNGKeyArray, actions=None, has_action=None, steps: int = 4,
-                        capacity: int | None = None, greedy: bool = False) -> Rollout:
+                        capacity: int | None = None, greedy: bool = False,
+                        context_signal: float = 0.9, guidance: float = 1.0) -> Rollout:
     """`horizon` imagined steps after `context` (tokenizer latents [batch, C, latents, dim], with
-    their own `actions` in the dataset convention when known)."""
+    their own `actions` in the dataset convention when known), sampled with K = `steps`,
+    `context_signal` and action `guidance` (`world.imagine`)."""
     if dynamics.config.agent_tokens < 1:
         raise ValueError("imagination RL needs a dynamics model with agent tokens "
                          "(dynamics.agent_tokens >= 1).")
     out = imagine(dynamics, AgentPolicy(heads, greedy), context, horizon, key=key,
-                  actions=actions, has_action=has_action, steps=steps, capacity=capacity)
+                  actions=actions, has_action=has_action, steps=steps, capacity=capacity,
+                  context_signal=context_signal, guidance=guidance)
     features = jnp.concatenate([out.seen.features["agent"], out.last.features["agent"][:, None]],
                                axis=1)
     return Rollout(jax.lax.stop_gradient(features), out.actions)

@@ -15,8 +15,8 @@ memory, estimated from shapes: 3.9 GiB (tokenizer), 6.3 GiB (dynamics); not yet 
 small: 64x64 frames with patch 8; 48 episodes of up to 200 frames cycling through 4 levels
 (`data.coinrun_levels`; held-out episodes replay those levels with other random actions: trained
 for minutes on 2 CPU cores on 48 levels, a model does not generalise to unseen ones); every small
-variant's recipe, nothing CoinRun-specific (tokenizer 2600 steps; dynamics 2000 steps at learning
-rate 2e-3, Muon, 10% hidden actions, guidance 1.5, K = 1); evaluated on 48 held-out rollouts;
+variant's recipe, nothing CoinRun-specific (tokenizer 2600 steps; dynamics a one-step regressor,
+1000 steps, sampled with K = 1 behind a clean context); evaluated on 48 held-out rollouts;
 about 18 minutes in all (BENCHMARKS.md).
 Agent (`--config.stages=agent_finetune,agent_rl,agent_eval` on a finished run): the rewards are
 procgen's, recorded with the episodes (task "coin"); for data where coins are reached often

@@ -187,7 +187,8 @@ def run_episodes(config, tokenizer, dynamics: Dynamics, heads: AgentHeads, env, 
             key = jax.random.fold_in(jax.random.key(config.seed), first * 100_003 + t)
             latents, tok_caches = encode_frame(tokenizer, jnp.asarray(frames), tok_caches)
             features, caches = observe(dynamics, caches, latents, previous,
-                                       jnp.full((batch,), t > 0), key, jnp.asarray(t, jnp.int32))
+                                       jnp.full((batch,), t > 0), key, jnp.asarray(t, jnp.int32),
+                                       context_signal=config.eval.context_signal)
             previous = act(heads, features["agent"], jax.random.fold_in(key, 1))
             frames = env.step(np.asarray(previous))
             recorded.append(frames)

@@ -45,7 +45,7 @@ from launch import settings
 from launch.evaluate import EvalContext
 from launch.evaluators import rollout_evaluator
 from launch.stages import Workdir, _loader, bootstrap_rows, check_action_classes
-from launch.trainer import make_optimizer, train
+from launch.trainer import make_optimizer
 from world.model import load_dynamics, model_folder, save_part
 
 AGENT, AGENT_RL = "agent", "agent_rl"  # folders under <workdir>/models
@@ -162,9 +162,11 @@ def agent_finetune_stage(config, work: Workdir, mesh) -> None:
     optimizer = make_optimizer(train_config)
     state = init_state(Agent(dynamics, heads), optimizer,
                        loss_state={name: jnp.zeros((), jnp.float32) for name in TERMS})
+    train = config.train.dynamics
     loss = functools.partial(finetune_loss, value_from_data=a.finetune_value, gamma=a.gamma,
-                             context_rows=a.context_rows,
-                             lam=a.lam)
+                             lam=a.lam, context_rows=a.context_rows,
+                             context_signal=config.eval.context_signal,
+                             twin_signal=train.twin_signal, noise_fraction=train.noise_fraction)
     step = make_train_step(loss, optimizer, static_argnames=("bootstrap_rows",))
     rows = bootstrap_rows(train_config)
 
@@ -273,7 +275,8 @@ def agent_rl_stage(config, work: Workdir, mesh) -> None:
             dynamics, state.model, contexts["latents"][rows], a.rl_horizon,
             key=jax.random.key(config.seed * 1_000_003 + i), actions=contexts["actions"][rows],
             has_action=contexts["has_action"][rows], steps=a.rl_steps,
-            capacity=min(window, a.rl_context + a.rl_horizon))
+            capacity=min(window, a.rl_context + a.rl_horizon),
+            context_signal=config.eval.context_signal, guidance=config.eval.action_guidance)
         state, metrics = step(state, {"rollout": rollout, "prior": prior},
                               jax.random.key(i))
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

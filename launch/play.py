@@ -54,7 +54,8 @@ def main(argv):
     except PlayError as error:
         raise SystemExit(f"play: {error}") from None
     defaults = read_defaults(workdir)
-    steps = _STEPS.value or defaults.steps
+    sampling = world_model.sampling  # the run's config.eval (world.model.read_sampling)
+    steps = _STEPS.value or sampling.steps
     fps = defaults.fps if _FPS.value is None else _FPS.value
     context = _CONTEXT.value or defaults.context_frames
     window = _WINDOW.value or defaults.capacity
@@ -70,7 +71,7 @@ def main(argv):
     token = None if local else secrets.token_urlsafe(16)
     player = Player(world_model, contexts, fps=fps, steps=steps, capacity=window,
                     context_frames=context, recordings=os.path.join(workdir, "play"),
-                    local=local, token=token, guidance=defaults.guidance)
+                    local=local, token=token, guidance=sampling.guidance)
     family = socket.AF_INET6 if ":" in _HOST.value else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,8 +81,8 @@ def main(argv):
     except OSError as error:
         raise SystemExit(f"play: cannot listen on {_HOST.value}:{_PORT.value} ({error}); pick "
                          "another with --port (0: any free port)") from None
-    print(f"[play] {world_model.action.kind} actions, K = {steps}, guidance "
-          f"{defaults.guidance:g}, "
+    print(f"[play] {world_model.action.kind} actions, K = {steps}, context signal "
+          f"{sampling.context_signal:g}, guidance {sampling.guidance:g}, "
           f"{'as fast as the model allows' if fps == 0 else f'{fps:g} frames/s'}, window "
           f"{window} frames; compiling...", flush=True)
     player.warm_up()

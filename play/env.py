@@ -40,6 +40,7 @@ from core import to_uint8
 from dynamics import ActionSpec, align_actions
 from dynamics.sampler import cache_window, next_frame, prefill
 from tokenizer.stream import decode_frame
+from world.model import Sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +105,17 @@ def _next(dynamics, tokenizer, caches, decoder_caches, action, has_action, key, 
 
 class ImaginedWorlds:
     """`batch` imagined worlds of `world_model` (see the module doc). `steps` (K, sampling steps
-    per frame) may change between frames; `frames` counts the frames so far, context included."""
+    per frame) may change between frames; `frames` counts the frames so far, context included.
+    `steps`, `context_signal` and `guidance` default to the world model's `sampling`."""
 
-    def __init__(self, world_model, batch: int = 1, *, steps: int = 4,
-                 capacity: int = 16, context_frames: int = 8, context_signal: float = 0.9,
-                 guidance: float = 1.0):
+    def __init__(self, world_model, batch: int = 1, *, steps: int | None = None,
+                 capacity: int = 16, context_frames: int = 8,
+                 context_signal: float | None = None, guidance: float | None = None):
+        sampling = getattr(world_model, "sampling", Sampling())
+        steps = sampling.steps if steps is None else steps
+        context_signal = sampling.context_signal if context_signal is None else context_signal
         self.world_model, self.batch = world_model, batch
-        self.guidance = guidance
+        self.guidance = sampling.guidance if guidance is None else guidance
         self.spec: ActionSpec = world_model.action
         self.capacity, self.context_frames = capacity, context_frames
         self.context_signal = context_signal
@@ -245,9 +250,9 @@ class WorldModelEnv(gym.Env):
 
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"]}
 
-    def __init__(self, world_model, *, contexts: Contexts | None = None, steps: int = 4,
-                 capacity: int = 16, context_frames: int = 8, context_signal: float = 0.9,
-                 guidance: float = 1.0):
+    def __init__(self, world_model, *, contexts: Contexts | None = None,
+                 steps: int | None = None, capacity: int = 16, context_frames: int = 8,
+                 context_signal: float | None = None, guidance: float | None = None):
         _check_contexts(contexts, world_model, context_frames)
         self.world_model, self.contexts = world_model, contexts
         self.worlds = ImaginedWorlds(world_model, 1, steps=steps, capacity=capacity,
@@ -296,8 +301,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
                                 "autoreset_mode": gym.vector.AutoresetMode.NEXT_STEP}
 
     def __init__(self, world_model, num_envs: int, *, contexts: Contexts | None = None,
-                 steps: int = 4, capacity: int = 16, context_frames: int = 8,
-                 context_signal: float = 0.9, guidance: float = 1.0):
+                 steps: int | None = None, capacity: int = 16, context_frames: int = 8,
+                 context_signal: float | None = None, guidance: float | None = None):
         _check_contexts(contexts, world_model, context_frames)
         self.world_model, self.contexts, self.num_envs = world_model, contexts, num_envs
         self.worlds = ImaginedWorlds(world_model, num_envs, steps=steps, capacity=capacity,

@@ -37,8 +37,6 @@ class Defaults:
     fps: float = DEFAULT_FPS
     context_frames: int = 8
     capacity: int = 16  # frames in the KV caches: the longest training sequence
-    steps: int = 4
-    guidance: float = 1.0  # action guidance (config.eval.action_guidance)
 
 
 def dataset_fps(config: dict) -> float:
@@ -58,9 +56,7 @@ def read_defaults(workdir: str) -> Defaults:
         seq_lengths = config["train"]["dynamics"]["seq_lengths"]
         return Defaults(fps=dataset_fps(config),
                         context_frames=int(config["eval"]["context_frames"]),
-                        capacity=max(int(max(seq_lengths)), 2),
-                        steps=int(config["eval"]["sampling_steps"]),
-                        guidance=float(config["eval"].get("action_guidance", 1.0)))
+                        capacity=max(int(max(seq_lengths)), 2))
     except (OSError, KeyError, ValueError, TypeError):
         return Defaults()
 

@@ -152,6 +152,22 @@ def test_fresh_heads_give_closed_form_losses_and_the_first_step_normalises_to_on
     np.testing.assert_allclose(total, 4.0, rtol=1e-5)
 
 
+def test_the_video_term_keeps_the_main_runs_objective():
+    """With the main run's `twin_signal` and `noise_fraction` the video term is the dynamics loss
+    of that objective (a one-step regressor stays one), not the plain shortcut loss."""
+    agent, batch = make_agent(), make_batch()
+    key = jax.random.key(3)
+    settings = dict(twin_signal=1.0, noise_fraction=0.99)
+    _, (metrics, _) = finetune_loss(agent, zeros(), jnp.asarray(0), batch, key=key, **settings)
+    aligned, known = align_actions(batch["actions"], batch["has_action"])
+    video, _ = dynamics_loss(agent.dynamics, batch["latents"], aligned, known, key=key,
+                             image_fraction=0.0, **settings)
+    plain, _ = dynamics_loss(agent.dynamics, batch["latents"], aligned, known, key=key,
+                             image_fraction=0.0)
+    np.testing.assert_allclose(metrics["dynamics_loss"], video, rtol=1e-6)
+    assert abs(float(video) - float(plain)) > 1e-4 * abs(float(plain))
+
+
 def test_context_rows_give_the_agent_terms_the_frames_a_policy_acts_on():
     """With context_rows k the agent terms read only the last k rows, whose frames all sit at
     the context signal level: the cloning loss is the policy's NLL from a direct model call on

@@ -49,9 +49,8 @@ def test_model_of_another_action_space_is_refused(tmp_path):
 
 def test_settings_and_contexts_of_a_trained_workdir(tiny_run, tmp_path):
     defaults = read_defaults(tiny_run)
-    assert (defaults.fps, defaults.context_frames, defaults.capacity, defaults.steps,
-            defaults.guidance) == (30.0, 4, 8, 4, 1.0)  # simulator at 30 Hz / frame skip 1;
-    # eval context 4; sequences up to 8; no action guidance
+    # the simulator at 30 Hz (frame skip 1); eval context 4; sequences up to 8
+    assert (defaults.fps, defaults.context_frames, defaults.capacity) == (30.0, 4, 8)
     contexts = load_contexts(tiny_run, 4)
     assert contexts.frames.shape[1:] == (4, 16, 16, 3) and contexts.actions.shape[2] == 7
     assert contexts.has_action.dtype == bool and len(contexts) >= 1

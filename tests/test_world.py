@@ -11,7 +11,7 @@ import pytest
 
 from dynamics import ActionSpec, Dynamics, DynamicsConfig, align_actions, generate
 from tokenizer import Tokenizer, TokenizerConfig
-from world import WorldModel, imagine, imagine_step, replay
+from world import Sampling, WorldModel, imagine, imagine_step, replay
 
 TOKENIZER = TokenizerConfig(image_size=(16, 16), patch=4, n_latents=4, latent_dim=8, enc_width=32,
                             enc_depth=2, enc_heads=2, enc_kv_heads=1, dec_width=32, dec_depth=2,
@@ -94,6 +94,35 @@ def test_corrupt_or_mismatched_weights_are_named(tmp_path):
     (tmp_path / "b" / "dynamics" / "header.json").write_text(json.dumps(header))
     with pytest.raises(ValueError, match=r"\.registers stored \(1, 64\), expected \(1, 32\)"):
         WorldModel.load(str(tmp_path / "b"))
+
+
+def test_sampling_settings_travel_with_the_model(tmp_path):
+    """`sampling` saves and loads with the model, comes from a workdir's config.json `eval`, and
+    is what `imagine` samples with unless told otherwise: the same frames as `generate` with
+    those settings spelled out."""
+    regressor = Sampling(steps=1, context_signal=1.0, guidance=1.0)
+    world = _world(seed=1)
+    world = WorldModel(world.tokenizer, world.dynamics, regressor)
+    world.save(str(tmp_path / "saved"))
+    assert WorldModel.load(str(tmp_path / "saved")).sampling == regressor
+    world.save(str(tmp_path / "run" / "models"))
+    os.remove(tmp_path / "run" / "models" / "sampling.json")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        {"eval": {"sampling_steps": 2, "context_signal": 0.8, "action_guidance": 1.5}}))
+    assert WorldModel.load(str(tmp_path / "run")).sampling == Sampling(2, 0.8, 1.5)
+    (tmp_path / "saved" / "sampling.json").write_text('{"steps": 1, "colour": 3}')
+    with pytest.raises(ValueError, match=r"saved/sampling.json: not a sampling file"):
+        WorldModel.load(str(tmp_path / "saved"))
+    latents, actions = _clip()
+    out = imagine(world, replay(actions, 2), latents[:, :3], 7, key=jax.random.key(4),
+                  actions=actions[:, :3])
+    has = jnp.ones(actions.shape[:2], bool)
+    want = generate(world.dynamics, latents[:, :3], *align_actions(actions, has),
+                    key=jax.random.key(4), steps=1, context_signal=1.0)
+    np.testing.assert_allclose(out.latents, want, rtol=1e-6, atol=1e-6)
+    default = generate(world.dynamics, latents[:, :3], *align_actions(actions, has),
+                       key=jax.random.key(4))
+    assert not np.allclose(want, default, atol=1e-3)  # the settings do change the frames
 
 
 @pytest.mark.parametrize(("capacity", "guidance"), [(None, 1.0), (5, 1.0), (5, 1.5)])

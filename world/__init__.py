@@ -3,16 +3,25 @@ imagination with a policy in the loop (`imagine`). Composes the tokenizer and dy
 knows nothing about datasets or training."""
 
 from world.imagine import Frame, Imagination, imagine, imagine_step, replay
-from world.model import WorldModel, load_dynamics, load_tokenizer, save_part
+from world.model import (
+    Sampling,
+    WorldModel,
+    load_dynamics,
+    load_tokenizer,
+    read_sampling,
+    save_part,
+)
 
 __all__ = [
     "Frame",
     "Imagination",
+    "Sampling",
     "WorldModel",
     "imagine",
     "imagine_step",
     "load_dynamics",
     "load_tokenizer",
+    "read_sampling",
     "replay",
     "save_part",
 ]

@@ -25,6 +25,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from dynamics import Dynamics, align_actions
 from dynamics.model import FrameFeatures
 from dynamics.sampler import cache_window, next_frame, prefill
+from world.model import Sampling
 
 _POLICY = 2  # purpose of the policy's keys (the sampler uses 0 and 1 for its noise)
 
@@ -78,10 +79,10 @@ def imagine(
     key: PRNGKeyArray,
     actions: ArrayLike | None = None,
     has_action: Bool[Array | np.ndarray, "batch context"] | None = None,
-    steps: int = 4,
-    context_signal: float = 0.9,
+    steps: int | None = None,
+    context_signal: float | None = None,
     capacity: int | None = None,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     decode: bool = False,
 ) -> Imagination:
     """Imagines `horizon` frames after `context` (tokenizer latents) with `policy` choosing every
@@ -91,9 +92,14 @@ def imagine(
     bounds memory: older frames slide out of the window; set it to the longest training sequence
     when context + horizon exceed it (the eval and the player do: attending over more frames than
     training showed makes rollouts worse, BENCHMARKS.md). `world_model` is a `WorldModel` (or a
-    bare `Dynamics` when `decode` is False). `guidance`: action guidance
-    (`dynamics.sampler.next_frame`; for models trained with action dropout)."""
+    bare `Dynamics` when `decode` is False). `steps` (K per frame), `context_signal` and
+    `guidance` (action guidance, `dynamics.sampler.next_frame`; for models trained with action
+    dropout) default to the world model's `sampling` (`Sampling()` for a bare `Dynamics`)."""
     model = getattr(world_model, "dynamics", world_model)
+    sampling = getattr(world_model, "sampling", Sampling())
+    steps = sampling.steps if steps is None else steps
+    context_signal = sampling.context_signal if context_signal is None else context_signal
+    guidance = sampling.guidance if guidance is None else guidance
     context = jnp.asarray(context)
     batch, frames = context.shape[:2]
     if horizon < 1:

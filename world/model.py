@@ -7,9 +7,12 @@ A saved world model is a folder with one model folder per part (`world.serialise
     <path>/dynamics/header.json, weights.npz    DynamicsConfig in the header: sizes, the action
                                                 layout and the latent mean/std
 
-A run's workdir holds the same under `<workdir>/models/` (written by the tokenizer and dynamics
-stages when they finish), so `WorldModel.load` takes either the workdir or a saved folder and
-needs no config file, no latent index and no optimizer state.
+    <path>/sampling.json                        `Sampling`: how the dynamics model samples
+
+A run's workdir holds the models under `<workdir>/models/` (written by the tokenizer and
+dynamics stages when they finish) and the sampling settings in its config.json (`config.eval`),
+so `WorldModel.load` takes either the workdir or a saved folder and needs no latent index and no
+optimizer state.
 """
 
 import dataclasses
@@ -30,6 +33,40 @@ Frames = (UInt8[Array | np.ndarray, "batch time height width 3"]
           | Float[Array | np.ndarray, "batch time height width 3"])
 MODELS = "models"  # the subfolder of a workdir that holds the finished models
 PARTS = ("tokenizer", "dynamics")
+SAMPLING = "sampling.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How a dynamics model samples frames, as it was trained to: `steps` K per frame, the
+    `context_signal` level committed frames are re-noised to, action `guidance` (1: none). The
+    defaults suit the shortcut-forcing recipe; a model trained as a one-step regressor (the
+    `small` variants) samples with K = 1 behind a clean context (signal 1.0)."""
+
+    steps: int = 4
+    context_signal: float = 0.9
+    guidance: float = 1.0
+
+
+def read_sampling(path: str) -> Sampling:
+    """`<path>/sampling.json` (a saved world model), else the `eval` section of `<path>/config.json`
+    (a run's workdir), else the defaults."""
+    try:
+        with open(os.path.join(path, SAMPLING)) as f:
+            return Sampling(**json.load(f))
+    except FileNotFoundError:
+        pass
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{os.path.join(path, SAMPLING)}: not a sampling file ({error}); write "
+                         "it again with WorldModel.save, or delete it for the defaults.") from None
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            ev = json.load(f)["eval"]
+        return Sampling(steps=int(ev["sampling_steps"]),
+                        context_signal=float(ev.get("context_signal", 0.9)),
+                        guidance=float(ev.get("action_guidance", 1.0)))
+    except (OSError, KeyError, ValueError, TypeError):
+        return Sampling()
 
 
 def config_to_json(config) -> dict:
@@ -123,10 +160,12 @@ def _decode(tokenizer: Tokenizer, latents):
 
 
 class WorldModel(eqx.Module):
-    """A trained world model: `encode` frames, `decode` latents, imagine with `world.imagine`."""
+    """A trained world model: `encode` frames, `decode` latents, imagine with `world.imagine`
+    (which samples with `sampling` unless told otherwise)."""
 
     tokenizer: Tokenizer
     dynamics: Dynamics
+    sampling: Sampling = eqx.field(static=True, default=Sampling())
 
     def __check_init__(self):
         tok, dyn = self.tokenizer.config, self.dynamics.config
@@ -154,15 +193,21 @@ class WorldModel(eqx.Module):
         return _decode(self.tokenizer, jnp.asarray(latents))
 
     def save(self, path: str, *, step: int = 0) -> None:
-        """Writes `<path>/tokenizer` and `<path>/dynamics` (loadable by `WorldModel.load`)."""
+        """Writes `<path>/tokenizer`, `<path>/dynamics` and `<path>/sampling.json` (loadable by
+        `WorldModel.load`)."""
         for part in PARTS:
             save_part(os.path.join(path, part), getattr(self, part), step=step)
+        with open(os.path.join(path, SAMPLING), "w") as f:
+            json.dump(dataclasses.asdict(self.sampling), f, indent=1)
+            f.write("\n")
 
     @classmethod
     def load(cls, path: str, *, strict: bool = True, **dynamics_overrides) -> "WorldModel":
         """From a run's workdir or a folder written by `save`. `strict=False` (with
         `dynamics_overrides` such as agent_tokens=8) initialises parameters the saved weights
-        lack and ignores saved ones the model no longer has."""
+        lack and ignores saved ones the model no longer has. The sampling settings come from
+        `read_sampling`."""
         tokenizer, dynamics = model_folder(path, "tokenizer"), model_folder(path, "dynamics")
         return cls(load_tokenizer(tokenizer, strict=strict),
-                   load_dynamics(dynamics, strict=strict, **dynamics_overrides))
+                   load_dynamics(dynamics, strict=strict, **dynamics_overrides),
+                   read_sampling(path))
