@@ -45,7 +45,7 @@ from launch import settings
 from launch.evaluate import EvalContext
 from launch.evaluators import rollout_evaluator
 from launch.stages import Workdir, _loader, bootstrap_rows, check_action_classes
-from launch.trainer import make_optimizer
+from launch.trainer import make_optimizer, train
 from world.model import load_dynamics, model_folder, save_part
 
 AGENT, AGENT_RL = "agent", "agent_rl"  # folders under <workdir>/models
@@ -162,11 +162,12 @@ def agent_finetune_stage(config, work: Workdir, mesh) -> None:
     optimizer = make_optimizer(train_config)
     state = init_state(Agent(dynamics, heads), optimizer,
                        loss_state={name: jnp.zeros((), jnp.float32) for name in TERMS})
-    train = config.train.dynamics
+    objective = config.train.dynamics  # the main run's: finetuning keeps training it
     loss = functools.partial(finetune_loss, value_from_data=a.finetune_value, gamma=a.gamma,
                              lam=a.lam, context_rows=a.context_rows,
                              context_signal=config.eval.context_signal,
-                             twin_signal=train.twin_signal, noise_fraction=train.noise_fraction)
+                             twin_signal=objective.twin_signal,
+                             noise_fraction=objective.noise_fraction)
     step = make_train_step(loss, optimizer, static_argnames=("bootstrap_rows",))
     rows = bootstrap_rows(train_config)
 
