@@ -110,9 +110,10 @@ def test_sampling_settings_travel_with_the_model(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(
         {"eval": {"sampling_steps": 2, "context_signal": 0.8, "action_guidance": 1.5}}))
     assert WorldModel.load(str(tmp_path / "run")).sampling == Sampling(2, 0.8, 1.5)
-    (tmp_path / "saved" / "sampling.json").write_text('{"steps": 1, "colour": 3}')
-    with pytest.raises(ValueError, match=r"saved/sampling.json: not a sampling file"):
-        WorldModel.load(str(tmp_path / "saved"))
+    for broken in ('{"steps": 1, "colour": 3}', '{"steps": 0}', "{"):
+        (tmp_path / "saved" / "sampling.json").write_text(broken)
+        with pytest.raises(ValueError, match=r"saved/sampling.json: not a sampling file"):
+            WorldModel.load(str(tmp_path / "saved"))
     latents, actions = _clip()
     out = imagine(world, replay(actions, 2), latents[:, :3], 7, key=jax.random.key(4),
                   actions=actions[:, :3])

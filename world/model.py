@@ -47,6 +47,11 @@ class Sampling:
     context_signal: float = 0.9
     guidance: float = 1.0
 
+    def __post_init__(self):
+        if not (self.steps >= 1 and 0.0 <= self.context_signal <= 1.0 and self.guidance >= 0.0):
+            raise ValueError(f"sampling needs steps >= 1, context_signal in [0, 1] and guidance "
+                             f">= 0, got {self}.")
+
 
 def read_sampling(path: str) -> Sampling:
     """`<path>/sampling.json` (a saved world model), else the `eval` section of `<path>/config.json`
