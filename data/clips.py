@@ -49,6 +49,7 @@ import json
 import os
 import shutil
 import sys
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -416,6 +417,10 @@ def read_index(clips_dir: str) -> dict:
 
 
 SHARD_ARRAYS = ("frames", "latents", "actions", "has_action", *FRAME_ARRAYS)
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11's parser is not safe to
+# run from several threads at once (it raises "SystemError: AST constructor recursion depth
+# mismatch"): the loader's threads open shards one at a time.
+_OPEN_LOCK = threading.Lock()
 
 
 def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
@@ -429,7 +434,8 @@ def open_shard(shard_dir: str) -> dict[str, np.ndarray]:
         if not os.path.exists(path):
             continue
         try:
-            arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+            with _OPEN_LOCK:
+                arrays[key] = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as error:
             raise DataError(
                 f"{path}: cannot read ({type(error).__name__}: {error}); the shard is truncated "
