@@ -71,7 +71,7 @@ def main(argv):
     token = None if local else secrets.token_urlsafe(16)
     player = Player(world_model, contexts, fps=fps, steps=steps, capacity=window,
                     context_frames=context, recordings=os.path.join(workdir, "play"),
-                    local=local, token=token, guidance=sampling.guidance)
+                    local=local, token=token)
     family = socket.AF_INET6 if ":" in _HOST.value else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

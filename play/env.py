@@ -111,16 +111,15 @@ class ImaginedWorlds:
     def __init__(self, world_model, batch: int = 1, *, steps: int | None = None,
                  capacity: int = 16, context_frames: int = 8,
                  context_signal: float | None = None, guidance: float | None = None):
-        sampling = getattr(world_model, "sampling", Sampling())
-        steps = sampling.steps if steps is None else steps
-        context_signal = sampling.context_signal if context_signal is None else context_signal
+        sampling = getattr(world_model, "sampling", Sampling()).override(steps, context_signal,
+                                                                         guidance)
         self.world_model, self.batch = world_model, batch
-        self.guidance = sampling.guidance if guidance is None else guidance
+        self.steps, self.context_signal = sampling.steps, sampling.context_signal
+        self.guidance = sampling.guidance
         self.spec: ActionSpec = world_model.action
         self.capacity, self.context_frames = capacity, context_frames
-        self.context_signal = context_signal
-        self.steps = steps
-        cache_window(world_model.dynamics, max(context_frames, 1), capacity + 1, steps, capacity)
+        cache_window(world_model.dynamics, max(context_frames, 1), capacity + 1, self.steps,
+                     capacity)
         self.frames, self.key, self.latents = 0, jax.random.key(0), None
         self._caches = self._decoder_caches = None
 

@@ -55,11 +55,12 @@ RECORDING = re.compile(r"play-[\w.-]+\.(gif|mp4)")
 
 class Player:
     """What all connections share: the model, context clips and settings, at most one live
-    session, and the HTTP env. `token` is required on every request when set."""
+    session, and the HTTP env. `token` is required on every request when set; `guidance` (None:
+    the world model's own `sampling`) is action guidance."""
 
     def __init__(self, world_model, contexts: Contexts | None, *, fps: float, steps: int,
                  capacity: int, context_frames: int, recordings: str, local: bool = True,
-                 token: str | None = None, guidance: float = 1.0):
+                 token: str | None = None, guidance: float | None = None):
         self.world_model, self.contexts = world_model, contexts
         self.fps, self.steps, self.recordings = fps, steps, recordings
         self.capacity, self.context_frames, self.guidance = capacity, context_frames, guidance

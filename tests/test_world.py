@@ -110,6 +110,8 @@ def test_sampling_settings_travel_with_the_model(tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(
         {"eval": {"sampling_steps": 2, "context_signal": 0.8, "action_guidance": 1.5}}))
     assert WorldModel.load(str(tmp_path / "run")).sampling == Sampling(2, 0.8, 1.5)
+    assert Sampling(2, 0.8, 1.5).override(context_signal=1.0) == Sampling(2, 1.0, 1.5)
+    assert Sampling(2, 0.8, 1.5).override(3, None, 0.0) == Sampling(3, 0.8, 0.0)
     for broken in ('{"steps": 1, "colour": 3}', '{"steps": 0}', "{"):
         (tmp_path / "saved" / "sampling.json").write_text(broken)
         with pytest.raises(ValueError, match=r"saved/sampling.json: not a sampling file"):

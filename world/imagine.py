@@ -96,10 +96,9 @@ def imagine(
     `guidance` (action guidance, `dynamics.sampler.next_frame`; for models trained with action
     dropout) default to the world model's `sampling` (`Sampling()` for a bare `Dynamics`)."""
     model = getattr(world_model, "dynamics", world_model)
-    sampling = getattr(world_model, "sampling", Sampling())
-    steps = sampling.steps if steps is None else steps
-    context_signal = sampling.context_signal if context_signal is None else context_signal
-    guidance = sampling.guidance if guidance is None else guidance
+    sampling = getattr(world_model, "sampling", Sampling()).override(steps, context_signal,
+                                                                     guidance)
+    steps, context_signal, guidance = sampling.steps, sampling.context_signal, sampling.guidance
     context = jnp.asarray(context)
     batch, frames = context.shape[:2]
     if horizon < 1:

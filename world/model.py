@@ -52,6 +52,12 @@ class Sampling:
             raise ValueError(f"sampling needs steps >= 1, context_signal in [0, 1] and guidance "
                              f">= 0, got {self}.")
 
+    def override(self, steps: int | None = None, context_signal: float | None = None,
+                 guidance: float | None = None) -> "Sampling":
+        """These settings with each argument that is not None put in place of its own."""
+        given = dict(steps=steps, context_signal=context_signal, guidance=guidance)
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if v is not None})
+
 
 def read_sampling(path: str) -> Sampling:
     """`<path>/sampling.json` (a saved world model), else the `eval` section of `<path>/config.json`
