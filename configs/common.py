@@ -7,8 +7,8 @@ Fields (every size lives here, none in code):
   `action_classes` (class count per part of discrete or multi-part actions; empty: the source's
   own), `normalise_actions` (standardise continuous actions per dimension with the training
   data's statistics; off: on the simulator it changed nothing measurable, BENCHMARKS.md), and the
-  generators' settings (`sim_*`: `sim_demos` picks the simulator's demonstrations, "tasks" or
-  "lift", data/sim_demos.py; `gen_episodes`, `gen_max_length`, `craftax_classic`,
+  generators' settings (`sim_*`: `sim_demos` picks the simulator's demonstrations, "tasks",
+  "lift" or "push", data/sim_demos.py; `gen_episodes`, `gen_max_length`, `craftax_classic`,
   `coinrun_levels`: distinct CoinRun levels, 0 for one per episode; `coinrun_scripted`: the share
   of CoinRun episodes played by a noisy scripted player instead of random actions, data/coinrun.py);
 - tokenizer: `tokenizer.TokenizerConfig` fields with its defaults (image_size comes from data),

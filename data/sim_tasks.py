@@ -11,13 +11,15 @@ Tasks:
 - "push_to_region": some block rests on the table with its centre inside `REGION` (x and y
   bounds in metres: the near-left corner of the simulator's workspace, as seen from the camera).
 
-`success(task, states)` is the condition per state [...]; `rewards(task, states)` [T] gives
-reward 1 for the step that makes the condition true (`rewards[t]` = 1 when it is false at frame t
-and true at frame t + 1, the reward earned by `actions[t]`), 0 otherwise (and 0 for the last
-frame, whose action leads nowhere recorded); with `dense=True`, 1 for every step that leads to a
-state where the condition holds (a block held up earns every step: a signal a reward head can
-read off single frames, where the event reward hangs on one frame in many); `episode_success`
-says whether an episode ever achieved the task after its first frame.
+`satisfied(task, states)` counts the blocks that meet the condition per state [...] and
+`success(task, states)` says whether some block does. `rewards(task, states)` [T] gives reward 1
+for the step that makes the condition true for one more block (`rewards[t]` = 1 when the count
+at frame t + 1 exceeds the count at frame t, the reward earned by `actions[t]`; a scene that
+starts with a block in the region is still won by pushing another one in), 0 otherwise (and 0
+for the last frame, whose action leads nowhere recorded); with `dense=True`, 1 for every step
+that leads to a state where the condition holds (a block held up earns every step: a signal a
+reward head can read off single frames, where the event reward hangs on one frame in many).
+`episode_success` says whether an episode ever achieved the task after its first frame.
 """
 
 import numpy as np
@@ -40,27 +42,32 @@ def block_positions(states: np.ndarray) -> np.ndarray:
     return states[..., 3:].reshape(*states.shape[:-1], BLOCKS, 3)
 
 
-def success(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP) -> np.ndarray:
-    """bool [...]: whether the task's condition holds in each state."""
+def satisfied(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP) -> np.ndarray:
+    """int [...]: how many blocks meet the task's condition in each state."""
     blocks = block_positions(states)
     height = blocks[..., 2] - (table_top + BLOCK_HALF)
     if task == "lift":
-        return np.any(height >= LIFT_HEIGHT, axis=-1)
+        return np.sum(height >= LIFT_HEIGHT, axis=-1)
     if task == "push_to_region":
         (x_low, x_high), (y_low, y_high) = REGION
         inside = ((blocks[..., 0] >= x_low) & (blocks[..., 0] <= x_high)
                   & (blocks[..., 1] >= y_low) & (blocks[..., 1] <= y_high))
-        return np.any(inside & (height <= RESTING), axis=-1)
+        return np.sum(inside & (height <= RESTING), axis=-1)
     raise ValueError(f"unknown task {task!r}; tasks are {TASKS}.")
+
+
+def success(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP) -> np.ndarray:
+    """bool [...]: whether the task's condition holds in each state (for some block)."""
+    return satisfied(task, states, table_top=table_top) > 0
 
 
 def rewards(task: str, states: np.ndarray, *, table_top: float = TABLE_TOP,
             dense: bool = False) -> np.ndarray:
-    """float32 [T]: 1 where `actions[t]` makes the condition true (dense: where it leads to a
-    state in which it holds), else 0."""
-    done = success(task, states, table_top=table_top)
-    out = np.zeros(done.shape, np.float32)
-    out[:-1] = done[1:] if dense else done[1:] & ~done[:-1]
+    """float32 [T]: 1 where `actions[t]` makes the condition true for one more block (dense:
+    where it leads to a state in which it holds), else 0."""
+    count = satisfied(task, states, table_top=table_top)
+    out = np.zeros(count.shape, np.float32)
+    out[:-1] = count[1:] > 0 if dense else count[1:] > count[:-1]
     return out
 
 

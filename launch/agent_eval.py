@@ -66,7 +66,7 @@ def sim_state(sim) -> np.ndarray:
 
 class SimEpisodes:
     """`batch` scenes of the embedded simulator in lockstep; an episode's score is 1 when the
-    task's condition became true (it stops there), else 0."""
+    task's condition became true for one more block than before (it stops there), else 0."""
 
     env, metric = "sim", "success"
 
@@ -82,7 +82,8 @@ class SimEpisodes:
         self.active = self.sims[:len(episodes)]
         for episode, sim in zip(episodes, self.active, strict=True):
             sim.reset(np.random.default_rng((self.config.seed, EVAL_SPLIT, episode)))
-        self.held = np.array([sim_tasks.success(self.task, sim_state(sim)) for sim in self.active])
+        self.held = np.array([sim_tasks.satisfied(self.task, sim_state(sim))
+                              for sim in self.active])
         self.done = np.zeros(len(episodes), bool)
         self.score = np.zeros(len(episodes))
         self.frames = np.stack([resize_frames(sim.render(), self.size) for sim in self.active])
@@ -95,8 +96,8 @@ class SimEpisodes:
                 if self.done[k]:
                     break
                 sim.step(actions[k])
-                now = sim_tasks.success(self.task, sim_state(sim))
-                self.done[k] |= bool(now and not self.held[k])
+                now = sim_tasks.satisfied(self.task, sim_state(sim))
+                self.done[k] |= bool(now > self.held[k])
                 self.held[k] = now
         self.score = self.done.astype(np.float64)
         self.frames = np.stack([self.frames[k] if self.done[k] else

@@ -9,7 +9,14 @@ import pytest
 from data.calvin import calvin_episodes, frame_path
 from data.episode import DataError
 from data.sim import TabletopSim
-from data.sim_demos import DEMOS, ScriptedPolicy, SimSettings, generate_calvin_dataset
+from data.sim_demos import (
+    DEMOS,
+    PUSH_CONTACT,
+    ScriptedPolicy,
+    SimSettings,
+    generate_calvin_dataset,
+)
+from data.sim_tasks import REGION
 
 pytest.importorskip("pybullet")
 
@@ -122,6 +129,14 @@ def test_demo_mixes_pick_their_tasks_and_scale_their_noise():
         targets.add(tuple(np.round(free.waypoints[0].position[:2], 6)))
     assert grippers == [[1.0, 1.0, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0]] * 5  # the pick's plan
     assert len(targets) > 1  # without `nearest`, a random block
+    push = ScriptedPolicy(np.random.default_rng(0), weights=DEMOS["push"].weights)
+    push.act(sim)
+    assert [w.gripper for w in push.waypoints] == [-1.0] * 4  # closed, pushing
+    behind, end = push.waypoints[1].position, push.waypoints[2].position
+    heading = (end - behind) / np.linalg.norm(end - behind)
+    (x_low, x_high), (y_low, y_high) = REGION  # the block's centre ends at the region's
+    np.testing.assert_allclose((end + PUSH_CONTACT * heading)[:2],
+                               [(x_low + x_high) / 2, (y_low + y_high) / 2], atol=1e-9)
     actions = {scale: ScriptedPolicy(np.random.default_rng(7), noise_scale=scale).act(sim)
                for scale in (0.0, 1.0, 4.0)}
     base = actions[0.0]

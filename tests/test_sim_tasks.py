@@ -1,11 +1,12 @@
 """Task detectors on hand-made states, and on the simulator itself: a scripted pick lifts a block
-(the lift detector fires), a scripted hover above a block does not."""
+(the lift detector fires), a scripted hover above a block does not, a scripted push to the
+region ends with a block resting in it."""
 
 import numpy as np
 import pytest
 
 from data.sim import BLOCK_HALF, TABLE_TOP
-from data.sim_tasks import REGION, episode_success, rewards, success
+from data.sim_tasks import REGION, episode_success, rewards, satisfied, success
 
 REST = TABLE_TOP + BLOCK_HALF
 
@@ -26,6 +27,21 @@ def test_push_to_region_by_hand():
     assert success("push_to_region", state(pink=(*centre, REST)))
     assert not success("push_to_region", state(pink=(*centre, REST + 0.05)))  # held, not resting
     assert not success("push_to_region", state(pink=(centre[0], y_low - 0.01, REST)))
+
+
+def test_a_second_block_in_the_region_earns_the_reward():
+    """Rewards count blocks: a scene that starts with one block in the region is won by pushing
+    another one in, not by leaving the first one there."""
+    (x_low, x_high), (y_low, y_high) = REGION
+    inside = ((x_low + x_high) / 2, (y_low + y_high) / 2, REST)
+    near = (x_low + 0.01, y_high - 0.01, REST)
+    one, two = state(pink=inside), state(pink=inside, red=near)
+    assert satisfied("push_to_region", np.stack([state(), one, two])).tolist() == [0, 1, 2]
+    states = np.stack([one, one, two, two, one])
+    np.testing.assert_array_equal(rewards("push_to_region", states), [0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(rewards("push_to_region", states, dense=True), [1, 1, 1, 1, 0])
+    assert episode_success("push_to_region", states)
+    assert not episode_success("push_to_region", np.stack([one, one, one]))
 
 
 def test_rewards_mark_the_step_that_achieves_the_task():
@@ -71,3 +87,9 @@ def test_the_simulator_s_scripted_pick_lifts_and_reach_does_not():
     assert episode_success("lift", pick)
     assert np.max(pick[:, 5::3][:, :]) > REST + 0.1  # a block went well above the threshold
     assert not episode_success("lift", scripted_episode("reach", 300))
+
+
+def test_the_simulator_s_scripted_region_push_puts_a_block_in_the_region():
+    push = scripted_episode("region", 300)
+    assert episode_success("push_to_region", push)
+    assert not episode_success("lift", push)  # pushed along the table, not carried
