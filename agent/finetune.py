@@ -115,7 +115,8 @@ def finetune_loss(agent: Agent, rms_sq_old, step, batch: dict, *, key: PRNGKeyAr
     (`dynamics_loss`), as the frames a policy acts on, and the agent terms read those rows only;
     the video loss reads every row. `twin_signal` and `noise_fraction` are the main run's
     dynamics objective settings (`dynamics_loss`), so finetuning keeps training the world model
-    as it was trained."""
+    as it was trained; with twins the agent terms read the twins' features (`ContextTwins`: each
+    frame as committed context, what a policy acting through `prefill` reads)."""
     heads, config = agent.heads, agent.heads.config
     aligned, known = align_actions(batch["actions"], batch["has_action"])
     video, metrics, features = dynamics_loss(

@@ -116,7 +116,9 @@ class ContextTwins(eqx.Module):
     Frames in order [twin 0 .. twin T-1, frame 0 .. frame T-1], both copies of frame t at time
     position t: twin t sees twins 0..t (as the model sees committed context), frame t sees twins
     0..t-1 and itself (as a frame being sampled sees the cache), both within the row's
-    `time_mask`. Returns what the model returns, for the frames only."""
+    `time_mask`. Returns the prediction for the frames and the features per group of the twins:
+    each frame as committed context, what a policy acting on `prefill`'s features reads (the
+    agent heads in finetuning), where a frame being predicted has not yet seen itself."""
 
     model: Dynamics
     twins: Float[Array, "batch time latents dim"]  # standardised twin inputs at `level`
@@ -138,7 +140,7 @@ class ContextTwins(eqx.Module):
             twice(jnp.full_like(d, 1.0 / self.model.config.k_max), d), twice(actions, actions),
             twice(has_action, has_action), time_mask=mask,
             time_positions=jnp.concatenate([index, index]).astype(jnp.int32))
-        return prediction[:, time:], jax.tree.map(lambda f: f[:, time:], features)
+        return prediction[:, time:], jax.tree.map(lambda f: f[:, :time], features)
 
 
 def _predict(model: Dynamics | ContextTwins, z, tau, d, actions, has_action, time_mask):

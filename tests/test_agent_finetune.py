@@ -168,6 +168,24 @@ def test_the_video_term_keeps_the_main_runs_objective():
     assert abs(float(video) - float(plain)) > 1e-4 * abs(float(plain))
 
 
+def test_behind_clean_twins_the_policy_reads_each_frame_as_committed_context():
+    """With the regressor's twins (signal 1.0, targets from pure noise) the cloning loss is the
+    policy's NLL from a direct model call on the clean frames (tau 1, d = 1 / k_max): the features
+    `prefill` gives a policy acting on real frames, not those of a frame not yet seen."""
+    agent, batch = make_agent(mtp=1), make_batch()
+    _, (metrics, _) = finetune_loss(agent, zeros(), jnp.asarray(0), batch, key=jax.random.key(6),
+                                    twin_signal=1.0, noise_fraction=0.99)
+    aligned, known = align_actions(batch["actions"], batch["has_action"])
+    z = agent.dynamics.normalise(batch["latents"])
+    _, features = agent.dynamics(z, jnp.ones((4, 6)), jnp.full((4, 6), 0.25), aligned, known)
+    logits = agent.heads.policy_logits(features["agent"])[:, :, 0]
+    picked = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)),
+                                np.asarray(batch["actions"])[..., None], axis=-1)[..., 0]
+    known = np.asarray(batch["has_action"])
+    expected = -np.sum(np.where(known, picked, 0.0)) / np.sum(known)
+    np.testing.assert_allclose(metrics["bc_loss"], expected, rtol=1e-5)
+
+
 def test_context_rows_give_the_agent_terms_the_frames_a_policy_acts_on():
     """With context_rows k the agent terms read only the last k rows, whose frames all sit at
     the context signal level: the cloning loss is the policy's NLL from a direct model call on

@@ -245,13 +245,17 @@ def test_noise_fraction_moves_flow_frames_to_pure_noise():
 
 def test_context_twins_predict_each_frame_behind_its_twins():
     """Frame t of a ContextTwins pass equals the plain model on [twin 0 .. twin t-1, frame t]:
-    what sampling frame t after a committed context of twins computes."""
+    what sampling frame t after a committed context of twins computes; its features are those
+    of the plain model on the twins alone."""
     model, (z1, actions, has) = _model(seed=3, depth=4), _batch(b=2, t=5, seed=4)
     rng = np.random.default_rng(5)
     twins = jnp.asarray(rng.normal(size=z1.shape), jnp.float32)
     tau = jnp.asarray(rng.integers(0, 8, size=has.shape) / 8, jnp.float32)
     d = jnp.full(has.shape, 1 / 8)
-    got, _ = objectives.ContextTwins(model, twins, 0.875)(z1, tau, d, actions, has)
+    got, features = objectives.ContextTwins(model, twins, 0.875)(z1, tau, d, actions, has)
+    _, committed = model(twins, jnp.full(has.shape, 0.875), d, actions, has)
+    for group in committed:  # the features: the twins' own, as a committed context has them
+        np.testing.assert_allclose(features[group], committed[group], rtol=2e-4, atol=2e-5)
     for t in range(5):
         z = jnp.concatenate([twins[:, :t], z1[:, t:t + 1]], axis=1)
         levels = jnp.concatenate([jnp.full((2, t), 0.875), tau[:, t:t + 1]], axis=1)
