@@ -47,7 +47,8 @@ def test_action_guidance_needs_a_model_trained_with_hidden_actions():
     config.train.dynamics.context_fraction = 0.0
     config.data.sim_demos = "juggle"
     assert settings.problems(config, 1) == [
-        "config.data.sim_demos: 'juggle' is not one of ('tasks', 'lift') (data/sim_demos.py)."]
+        "config.data.sim_demos: 'juggle' is not one of ('tasks', 'lift', 'push') "
+        "(data/sim_demos.py)."]
 
 
 def test_an_unknown_field_is_one_line_with_the_nearest_names():
